@@ -1,0 +1,81 @@
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { rngFactory } from '../pathselect/rng.js';
+import { computePlan, filesDigest, planJson, planText, renderAll } from '../plan/plan.js';
+import type { RenderedFile } from '../render/render.js';
+import { loadTemplates, packageVersion, saveState, UserError, writeFileAtomic } from '../util/files.js';
+import { defaultPaths, openKeys, readState, readTopology } from './context.js';
+import type { PlanOpts } from './main.js';
+
+const out = (s: string) => process.stdout.write(s);
+const note = (s: string) => process.stderr.write(`onionctl: ${s}\n`);
+
+export async function validateCommand(topology: string): Promise<number> {
+  const { net } = await readTopology(topology);
+  const exits = [...net.routers.values()].filter((r) => r.exit).length;
+  out(
+    `${topology}: ok (${net.routers.size} routers of which ${exits} exits, ${net.clients.size} clients, ` +
+      `${net.links.length} overlay links, ${net.circuits.length} circuits; k=${net.hops}, ${net.crypto})\n`,
+  );
+  return 0;
+}
+
+const MANIFEST = '.onionctl-files';
+
+/**
+ * Writes the files and removes the ones a previous run wrote that this run did not (a router
+ * that left the topology), so that a diff of the directory shows the removal too.
+ */
+export async function writeOutDir(dir: string, files: RenderedFile[], secret: boolean): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: secret ? 0o700 : 0o755 });
+  if (secret) await fs.chmod(dir, 0o700);
+  const manifest = path.join(dir, MANIFEST);
+  let previous: string[] = [];
+  try {
+    previous = (await fs.readFile(manifest, 'utf8')).split('\n').filter((l) => l && !l.startsWith('#'));
+  } catch {
+    /* first run */
+  }
+  const names = new Set(files.map((f) => f.name));
+  for (const f of files) await writeFileAtomic(path.join(dir, f.name), f.content, secret ? 0o600 : 0o644);
+  for (const old of previous) {
+    if (!names.has(old) && !old.includes('/')) await fs.rm(path.join(dir, old), { force: true });
+  }
+  await writeFileAtomic(manifest, `# files written by onionctl plan\n${[...names].join('\n')}\n`, secret ? 0o600 : 0o644);
+}
+
+export async function planCommand(topology: string, opts: PlanOpts): Promise<number> {
+  if (opts.withKeys && !opts.outDir) throw new UserError('--with-keys writes key files and needs --out-dir');
+  const paths = defaultPaths(topology, opts);
+  const { net } = await readTopology(topology);
+  const { state, fresh } = await readState(paths);
+  const plan = computePlan({ net, state, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
+
+  // Allocations are decisions: persist them before any key derived from them is written out,
+  // so SPI counters only ever move forward.
+  if (opts.saveState && (fresh || plan.events.length > 0)) {
+    await saveState(paths.state, plan.state);
+  }
+  const keys = await openKeys(net, plan.state, paths);
+  if (keys.note) note(keys.note);
+  const common = { keys: keys.source, templates: await loadTemplates(), version: packageVersion() };
+  const redacted = renderAll(plan, { ...common, mode: 'redacted' });
+  const digest = filesDigest(redacted);
+  if (opts.outDir) {
+    const files = opts.withKeys ? renderAll(plan, { ...common, mode: 'secret' }) : redacted;
+    await writeOutDir(opts.outDir, files, opts.withKeys === true);
+  }
+  if (net.keySource === 'random') {
+    const live = new Set<string>();
+    for (const cfg of plan.configs.values()) for (const s of cfg.states) live.add(`${s.key.id}@${s.key.epoch}#${s.key.spi.toString(16)}`);
+    await keys.persist(live);
+  }
+
+  if (opts.json) out(JSON.stringify(planJson(plan, digest), null, 2) + '\n');
+  else {
+    out(planText(plan, net.circuits));
+    if (opts.outDir) out(`Wrote ${opts.withKeys ? 'key-bearing (0600) ' : 'redacted '}files to ${opts.outDir}.\n`);
+    if (!opts.saveState && plan.events.length > 0) out('State not saved (--no-save-state).\n');
+  }
+  return 0;
+}

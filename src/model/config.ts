@@ -1,0 +1,110 @@
+/**
+ * The desired configuration of one router or client: the value the planner produces, the
+ * renderers print and (later) the read-back parsers produce from a live router, so that one diff
+ * compares like with like. Addresses are uint32 / Cidr; no key material lives here: an SA refers
+ * to its key by identity (SaKeyId) and the key source is consulted only when rendering.
+ */
+import type { Cidr } from '../net/addr.js';
+import type { SaKeyId } from '../keys/kdf.js';
+import type { CryptoProfileName, NatBackend } from '../topology/schema.js';
+
+export interface XfrmState {
+  src: number;
+  dst: number;
+  spi: number;
+  reqid: number;
+  replayWindow: number;
+  profile: CryptoProfileName;
+  key: SaKeyId;
+  /** why it exists, e.g. "overlay or1->or2" or "circuit web hop 2 forward" */
+  comment: string;
+}
+
+export interface XfrmTmpl {
+  src: number;
+  dst: number;
+  reqid: number;
+}
+
+export type PolicyDir = 'out' | 'in' | 'fwd';
+
+export interface XfrmPolicy {
+  src: Cidr;
+  dst: Cidr;
+  /** upper-layer protocol in the selector; mixes match the inner ESP packets */
+  proto?: 'esp';
+  dir: PolicyDir;
+  priority: number;
+  action: 'allow' | 'block';
+  /** innermost layer first, as `ip xfrm policy` lists them */
+  tmpls: XfrmTmpl[];
+  comment: string;
+}
+
+export interface Route {
+  dst: Cidr;
+  via: number;
+  dev: string;
+  src?: number;
+  mtu?: number;
+  advmss?: number;
+  quickack?: boolean;
+  comment: string;
+}
+
+export interface LocalAddress {
+  addr: number;
+  dev: string;
+  comment: string;
+}
+
+export interface Sysctl {
+  key: string;
+  value: string;
+}
+
+export interface SnatRule {
+  src: Cidr;
+  outIf: string;
+  to: number;
+  comment: string;
+}
+
+export interface FilterRule {
+  src: Cidr;
+  dst: Cidr;
+  proto: 'tcp' | 'udp' | 'icmp' | 'esp' | 'any';
+  ports?: (number | string)[];
+  /** match only replies (conntrack ESTABLISHED,RELATED) */
+  established?: boolean;
+  action: 'accept' | 'drop';
+  comment: string;
+}
+
+export interface FirewallConfig {
+  backend: NatBackend;
+  snat: SnatRule[];
+  forward: FilterRule[];
+}
+
+export interface NodeConfig {
+  node: string;
+  kind: 'router' | 'client';
+  /** the underlay interface, for the renderers' headers */
+  underlay: string;
+  states: XfrmState[];
+  policies: XfrmPolicy[];
+  addresses: LocalAddress[];
+  routes: Route[];
+  sysctls: Sysctl[];
+  firewall: FirewallConfig;
+}
+
+/** Policy priorities: onionctl's policies sit in a reserved band so it can tell them apart. */
+export const PRIORITY_CIRCUIT = 0x4f01;
+/** lower precedence than the circuit policies (larger number) */
+export const PRIORITY_BLOCK = 0x4f0f;
+export const PRIORITY_BAND = [0x4f00, 0x4f0f] as const;
+/** route protocol number marking onionctl's routes (ip route ... proto 79) */
+export const ROUTE_PROTO = 79;
+export const REPLAY_WINDOW = 32;

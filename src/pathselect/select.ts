@@ -1,0 +1,234 @@
+/**
+ * Path selection, as in the paper: a circuit's k hops are drawn uniformly at random among all
+ * eligible paths. A path is eligible when
+ *   - its k routers are distinct,
+ *   - the first hop is one of the client's entry routers,
+ *   - consecutive hops are overlay neighbours,
+ *   - the last hop is an exit whose exit policy admits every destination of the circuit,
+ *   - no two hops are run by the same operator (decoupling),
+ *   - and, when the circuit asks, hops are in distinct countries and distinct /16s.
+ *
+ * Sampling is exact: count the eligible paths (depth-first, k <= 4 keeps this small for overlay
+ * degrees seen in practice), draw r uniformly in [0, count), and walk to the r-th path.
+ */
+import { cidrContains, slash16, type Cidr } from '../net/addr.js';
+import type { CircuitDef, Net, RouterNode } from '../topology/net.js';
+import type { Rng } from './rng.js';
+
+export interface Constraints {
+  k: number;
+  entries: string[];
+  to: Cidr[];
+  operators: boolean;
+  countries: boolean;
+  subnets16: boolean;
+}
+
+export function constraintsFor(net: Net, c: CircuitDef): Constraints {
+  return {
+    k: c.hops,
+    entries: net.clients.get(c.client)?.entry ?? [],
+    to: c.to,
+    operators: true,
+    countries: c.distinctCountries,
+    subnets16: c.distinct16,
+  };
+}
+
+export function exitAdmits(r: RouterNode, to: readonly Cidr[]): boolean {
+  if (!r.exit) return false;
+  return to.every((d) => r.exit!.allow.some((a) => cidrContains(a.to, d)));
+}
+
+interface Walk {
+  used: Set<string>;
+  ops: Map<string, number>;
+  countries: Map<string, number>;
+  nets: Map<number, number>;
+}
+
+function inc<K>(m: Map<K, number>, k: K): void {
+  m.set(k, (m.get(k) ?? 0) + 1);
+}
+function dec<K>(m: Map<K, number>, k: K): void {
+  const v = (m.get(k) ?? 0) - 1;
+  if (v <= 0) m.delete(k);
+  else m.set(k, v);
+}
+
+/** A compiled, reusable eligibility walker over one network and one set of constraints. */
+export class PathSpace {
+  private readonly exitOk = new Set<string>();
+  private readonly neighbours = new Map<string, RouterNode[]>();
+  private readonly entryRouters: RouterNode[];
+
+  constructor(
+    private readonly net: Net,
+    private readonly c: Constraints,
+  ) {
+    for (const r of net.routers.values()) if (exitAdmits(r, c.to)) this.exitOk.add(r.name);
+    this.entryRouters = [...new Set(c.entries)]
+      .map((e) => net.routers.get(e))
+      .filter((r): r is RouterNode => r !== undefined)
+      .sort((a, b) => a.index - b.index);
+  }
+
+  private nbrs(r: string): RouterNode[] {
+    let n = this.neighbours.get(r);
+    if (!n) {
+      n = [...(this.net.adj.get(r) ?? [])]
+        .map((x) => this.net.routers.get(x))
+        .filter((x): x is RouterNode => x !== undefined)
+        .sort((a, b) => a.index - b.index);
+      this.neighbours.set(r, n);
+    }
+    return n;
+  }
+
+  private fits(w: Walk, r: RouterNode): boolean {
+    if (w.used.has(r.name)) return false;
+    if (this.c.operators && w.ops.has(r.operator)) return false;
+    if (this.c.countries && (r.country === undefined || w.countries.has(r.country))) return false;
+    if (this.c.subnets16 && w.nets.has(slash16(r.underlay.addr))) return false;
+    return true;
+  }
+
+  private push(w: Walk, r: RouterNode): void {
+    w.used.add(r.name);
+    inc(w.ops, r.operator);
+    if (r.country) inc(w.countries, r.country);
+    inc(w.nets, slash16(r.underlay.addr));
+  }
+  private pop(w: Walk, r: RouterNode): void {
+    w.used.delete(r.name);
+    dec(w.ops, r.operator);
+    if (r.country) dec(w.countries, r.country);
+    dec(w.nets, slash16(r.underlay.addr));
+  }
+
+  private newWalk(): Walk {
+    return { used: new Set(), ops: new Map(), countries: new Map(), nets: new Map() };
+  }
+
+  /** number of eligible completions of a walk that has `depth` hops, the last being `at` */
+  private countFrom(w: Walk, at: RouterNode, depth: number, cap: number): number {
+    if (depth === this.c.k) return this.exitOk.has(at.name) ? 1 : 0;
+    let n = 0;
+    for (const r of this.nbrs(at.name)) {
+      if (!this.fits(w, r)) continue;
+      this.push(w, r);
+      n += this.countFrom(w, r, depth + 1, cap - n);
+      this.pop(w, r);
+      if (n >= cap) break;
+    }
+    return n;
+  }
+
+  /** Counts eligible paths, stopping early once `cap` is reached. */
+  count(cap = Number.MAX_SAFE_INTEGER): number {
+    const w = this.newWalk();
+    let n = 0;
+    for (const e of this.entryRouters) {
+      if (!this.fits(w, e)) continue;
+      this.push(w, e);
+      n += this.countFrom(w, e, 1, cap - n);
+      this.pop(w, e);
+      if (n >= cap) break;
+    }
+    return n;
+  }
+
+  /** The r-th eligible path in the walker's canonical order. */
+  nth(r: number): string[] | undefined {
+    const w = this.newWalk();
+    const path: RouterNode[] = [];
+    const go = (at: RouterNode | undefined, depth: number): boolean => {
+      const candidates = at === undefined ? this.entryRouters : this.nbrs(at.name);
+      for (const next of candidates) {
+        if (!this.fits(w, next)) continue;
+        this.push(w, next);
+        path.push(next);
+        const n = depth + 1 === this.c.k ? (this.exitOk.has(next.name) ? 1 : 0) : this.countFrom(w, next, depth + 1, Number.MAX_SAFE_INTEGER);
+        if (r < n) {
+          if (depth + 1 === this.c.k || go(next, depth + 1)) return true;
+        }
+        r -= n;
+        path.pop();
+        this.pop(w, next);
+      }
+      return false;
+    };
+    return go(undefined, 0) ? path.map((p) => p.name) : undefined;
+  }
+
+  /** Every eligible path (for tests and small topologies). */
+  all(): string[][] {
+    const n = this.count();
+    const out: string[][] = [];
+    for (let i = 0; i < n; i++) out.push(this.nth(i)!);
+    return out;
+  }
+
+  /** Is this concrete path eligible? (used to decide whether a stored circuit is still valid) */
+  isEligible(path: readonly string[]): string | undefined {
+    if (path.length !== this.c.k) return `has ${path.length} hops, the circuit wants ${this.c.k}`;
+    const w = this.newWalk();
+    for (let i = 0; i < path.length; i++) {
+      const r = this.net.routers.get(path[i]!);
+      if (!r) return `router ${path[i]} is no longer in the topology`;
+      if (i === 0 && !this.c.entries.includes(r.name)) return `${r.name} is no longer an entry router of the client`;
+      if (i > 0 && !this.net.adj.get(path[i - 1]!)?.has(r.name)) return `${path[i - 1]} and ${r.name} are no longer overlay neighbours`;
+      if (!this.fits(w, r)) return `hop ${r.name} breaks a distinctness constraint`;
+      this.push(w, r);
+    }
+    if (!this.exitOk.has(path[path.length - 1]!)) return `exit ${path[path.length - 1]} no longer admits the circuit's destinations`;
+    return undefined;
+  }
+}
+
+export class PathError extends Error {
+  constructor(
+    readonly circuit: string,
+    readonly constraint: 'exit' | 'structure' | 'operators' | 'countries' | 'subnets16',
+    message: string,
+  ) {
+    super(message);
+    this.name = 'PathError';
+  }
+}
+
+/**
+ * Names the first constraint that leaves no eligible path, or undefined if a path exists.
+ * Constraints are added one at a time so that the message says which one is to blame.
+ */
+export function diagnose(net: Net, c: CircuitDef): PathError | undefined {
+  const full = constraintsFor(net, c);
+  const exits = [...net.routers.values()].filter((r) => exitAdmits(r, c.to));
+  if (exits.length === 0) {
+    const all = [...net.routers.values()].filter((r) => r.exit).map((r) => r.name);
+    return new PathError(
+      c.name,
+      'exit',
+      `no exit admits all of the circuit's destinations (${all.length > 0 ? `exits: ${all.join(', ')}` : 'the topology has no exit'}); widen an exit's "allow" list`,
+    );
+  }
+  const steps: [PathError['constraint'], Partial<Constraints>, string][] = [
+    ['structure', { operators: false, countries: false, subnets16: false }, `no path of ${c.hops} distinct routers starts at an entry router of ${c.client}, follows overlay links and ends at an exit that admits the destinations (${exits.map((e) => e.name).join(', ')}); add links or entry routers`],
+    ['operators', { countries: false, subnets16: false }, `every ${c.hops}-hop path has two hops run by the same operator (decoupling); add routers of other operators or links between them`],
+    ['countries', { subnets16: false }, `no path has its ${c.hops} hops in distinct countries (every router on a path needs a "country")`],
+    ['subnets16', {}, `no path has its ${c.hops} hops in distinct /16 networks`],
+  ];
+  for (const [name, relax, msg] of steps) {
+    const cons = { ...full, ...relax };
+    if (new PathSpace(net, cons).count(1) === 0) return new PathError(c.name, name, msg);
+  }
+  return undefined;
+}
+
+/** Draws one eligible path uniformly at random. */
+export function selectPath(net: Net, c: CircuitDef, rng: Rng): string[] {
+  const space = new PathSpace(net, constraintsFor(net, c));
+  const n = space.count();
+  if (n === 0) throw diagnose(net, c) ?? new PathError(c.name, 'structure', 'no eligible path');
+  return space.nth(rng.int(n))!;
+}

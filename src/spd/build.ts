@@ -1,0 +1,199 @@
+/**
+ * The paper's scheme in Linux terms: from the network and the state (paths, addresses, SAs) to
+ * every node's states, policies, addresses, routes and sysctls. Pure.
+ *
+ * Facts this encodes (checked in a real kernel, see ../shared/XFRM-FACTS.md):
+ *  - the client sends through ONE policy with k+1 templates, innermost first
+ *    (T(A,ck) ... T(A,c1), then the overlay T^O(A,c1)); the kernel does not look the policy up
+ *    again after a tunnel layer;
+ *  - a mix's `fwd` policy lists its own telescope SA and the overlay SA the packet arrived on,
+ *    in that order; its `out` policy adds the overlay toward the next hop;
+ *  - the reverse path checks only the overlay at a mix (`fwd`) and adds the mix's reverse
+ *    telescope layer plus the overlay back (`out`); the client's `in` policy checks all k+1;
+ *  - outbound templates are `level required` (the kernel refuses optional ones there), and a
+ *    lower-precedence block policy per destination makes a circuit fail closed;
+ *  - every SA is installed on both of its ends with the same SPI and key.
+ */
+import { ANY, hostCidr, type Cidr } from '../net/addr.js';
+import { PROFILES, mssFor, nestedMtu } from '../keys/profiles.js';
+import {
+  PRIORITY_BLOCK,
+  PRIORITY_CIRCUIT,
+  REPLAY_WINDOW,
+  type NodeConfig,
+  type XfrmPolicy,
+  type XfrmState,
+  type XfrmTmpl,
+} from '../model/config.js';
+import { circuitSaId, linkSaId } from '../state/reconcile.js';
+import type { SaRecord, State } from '../state/model.js';
+import { linkKey, type Net } from '../topology/net.js';
+import { parseCidr, parseIPv4 } from '../net/addr.js';
+import { exitFirewall, mixFirewall } from '../exit-nat/build.js';
+
+interface Sa {
+  rec: SaRecord;
+  src: number;
+  dst: number;
+  id: string;
+  comment: string;
+}
+
+function tmpl(sa: Sa): XfrmTmpl {
+  return { src: sa.src, dst: sa.dst, reqid: sa.rec.reqid };
+}
+
+export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
+  const profile = PROFILES[net.crypto];
+  const out = new Map<string, NodeConfig>();
+  for (const n of net.nodes.values()) {
+    out.set(n.name, {
+      node: n.name,
+      kind: n.kind,
+      underlay: n.underlay.name,
+      states: [],
+      policies: [],
+      addresses: [],
+      routes: [],
+      sysctls: [],
+      firewall: { backend: n.kind === 'router' ? (n.exit?.nat ?? 'iptables') : 'iptables', snat: [], forward: [] },
+    });
+  }
+  const cfg = (name: string) => out.get(name)!;
+  const addrOf = (name: string) => net.nodes.get(name)!.underlay.addr;
+
+  const install = (sa: Sa, ...nodes: string[]) => {
+    const st: XfrmState = {
+      src: sa.src,
+      dst: sa.dst,
+      spi: sa.rec.spi,
+      reqid: sa.rec.reqid,
+      replayWindow: REPLAY_WINDOW,
+      profile: net.crypto,
+      key: { id: sa.id, epoch: sa.rec.epoch, spi: sa.rec.spi },
+      comment: sa.comment,
+    };
+    for (const n of nodes) cfg(n).states.push(st);
+  };
+
+  // overlay SAs, both directions, on both ends
+  for (const [k, l] of Object.entries(state.links)) {
+    if (!net.nodes.has(l.a) || !net.nodes.has(l.b)) throw new Error(`state link ${k} names a node that is not in the topology`);
+    install({ rec: l.ab, src: addrOf(l.a), dst: addrOf(l.b), id: linkSaId(l.a, l.b), comment: `overlay ${l.a}->${l.b}` }, l.a, l.b);
+    install({ rec: l.ba, src: addrOf(l.b), dst: addrOf(l.a), id: linkSaId(l.b, l.a), comment: `overlay ${l.b}->${l.a}` }, l.a, l.b);
+  }
+  const overlay = (from: string, to: string): Sa => {
+    const l = state.links[linkKey(from, to)];
+    if (!l) throw new Error(`no overlay link ${from} - ${to} in the state`);
+    const rec = l.a === from ? l.ab : l.ba;
+    return { rec, src: addrOf(from), dst: addrOf(to), id: linkSaId(from, to), comment: `overlay ${from}->${to}` };
+  };
+
+  const routersSeen = new Set<string>();
+  for (const def of net.circuits) {
+    const c = state.circuits[def.name];
+    if (!c) throw new Error(`circuit ${def.name} has no path in the state`);
+    const k = c.hops.length;
+    const client = net.clients.get(c.client)!;
+    const A = c.addrs.map(parseIPv4);
+    const dests: Cidr[] = c.to.map(parseCidr);
+    const tf: Sa[] = c.hops.map((h, i) => ({
+      rec: c.fwd[i]!,
+      src: A[i]!,
+      dst: addrOf(h),
+      id: circuitSaId(def.name, c.generation, i + 1, 'fwd'),
+      comment: `circuit ${def.name} hop ${i + 1} forward`,
+    }));
+    const tr: Sa[] = c.hops.map((h, i) => ({
+      rec: c.rev[i]!,
+      src: addrOf(h),
+      dst: A[i]!,
+      id: circuitSaId(def.name, c.generation, i + 1, 'rev'),
+      comment: `circuit ${def.name} hop ${i + 1} reverse`,
+    }));
+
+    // ---- client
+    const cc = cfg(client.name);
+    for (let i = 0; i < k; i++) {
+      install(tf[i]!, client.name, c.hops[i]!);
+      install(tr[i]!, client.name, c.hops[i]!);
+    }
+    A.forEach((a, i) => cc.addresses.push({ addr: a, dev: 'lo', comment: `circuit ${def.name}: A_c${i + 1}` }));
+    const entry = c.hops[0]!;
+    const outTmpls = [...tf].reverse().map(tmpl).concat(tmpl(overlay(client.name, entry)));
+    const inTmpls = [...tr].reverse().map(tmpl).concat(tmpl(overlay(entry, client.name)));
+    const mtu = nestedMtu(profile, client.underlay.mtu, k + 1);
+    for (const d of dests) {
+      cc.policies.push(policy(ANY, d, 'out', PRIORITY_BLOCK, [], `circuit ${def.name}: fail closed`, 'block'));
+      cc.policies.push(policy(hostCidr(A[k - 1]!), d, 'out', PRIORITY_CIRCUIT, outTmpls, `circuit ${def.name}: ${k} telescope layers + overlay`));
+      cc.policies.push(policy(d, hostCidr(A[k - 1]!), 'in', PRIORITY_CIRCUIT, inTmpls, `circuit ${def.name}: replies, all layers`));
+      cc.routes.push({
+        dst: d,
+        via: addrOf(entry),
+        dev: client.underlay.name,
+        src: A[k - 1]!,
+        mtu,
+        advmss: mssFor(mtu),
+        ...(net.quickack ? { quickack: true } : {}),
+        comment: `circuit ${def.name} via entry ${entry}`,
+      });
+    }
+
+    // ---- mixes and exit
+    for (let i = 0; i < k; i++) {
+      const me = c.hops[i]!;
+      const prev = i === 0 ? client.name : c.hops[i - 1]!;
+      const rc = cfg(me);
+      const r = net.routers.get(me)!;
+      routersSeen.add(me);
+      const viaPrev = (a: number, what: string) =>
+        rc.routes.push({ dst: hostCidr(a), via: addrOf(prev), dev: r.underlay.name, ...(net.quickack ? { quickack: true } : {}), comment: `circuit ${def.name}: ${what} back via ${prev}` });
+      if (i < k - 1) {
+        const next = c.hops[i + 1]!;
+        const fwdSel = { src: hostCidr(A[i + 1]!), dst: hostCidr(addrOf(next)) };
+        const revSel = { src: hostCidr(addrOf(next)), dst: hostCidr(A[i + 1]!) };
+        rc.policies.push(policy(fwdSel.src, fwdSel.dst, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), tmpl(overlay(prev, me))], `circuit ${def.name} hop ${i + 1}: peel own layer + overlay from ${prev}`, 'allow', 'esp'));
+        rc.policies.push(policy(fwdSel.src, fwdSel.dst, 'out', PRIORITY_CIRCUIT, [tmpl(overlay(me, next))], `circuit ${def.name} hop ${i + 1}: overlay to ${next}`, 'allow', 'esp'));
+        rc.policies.push(policy(revSel.src, revSel.dst, 'fwd', PRIORITY_CIRCUIT, [tmpl(overlay(next, me))], `circuit ${def.name} hop ${i + 1}: replies from ${next}`, 'allow', 'esp'));
+        rc.policies.push(policy(revSel.src, revSel.dst, 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), tmpl(overlay(me, prev))], `circuit ${def.name} hop ${i + 1}: add own layer + overlay to ${prev}`, 'allow', 'esp'));
+        viaPrev(A[i]!, `A_c${i + 1}`);
+        viaPrev(A[i + 1]!, `A_c${i + 2}`);
+        rc.firewall.forward.push(...mixFirewall(def.name, i + 1, A[i + 1]!, addrOf(next)));
+      } else {
+        for (const d of dests) {
+          rc.policies.push(policy(hostCidr(A[i]!), d, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), tmpl(overlay(prev, me))], `circuit ${def.name} exit: peel own layer + overlay from ${prev}`));
+          rc.policies.push(policy(d, hostCidr(A[i]!), 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), tmpl(overlay(me, prev))], `circuit ${def.name} exit: replies, own layer + overlay to ${prev}`));
+        }
+        viaPrev(A[i]!, `A_c${i + 1}`);
+        const fw = exitFirewall(def.name, r, A[i]!, dests);
+        rc.firewall.snat.push(...fw.snat);
+        rc.firewall.forward.push(...fw.forward);
+      }
+    }
+  }
+
+  for (const r of net.routers.values()) {
+    const rc = cfg(r.name);
+    if (routersSeen.has(r.name)) {
+      rc.sysctls.push({ key: 'net.ipv4.ip_forward', value: '1' });
+      // loose reverse-path filtering: replies to A_ci come back on the interface that is not
+      // the route to A_ci when paths are asymmetric
+      rc.sysctls.push({ key: 'net.ipv4.conf.all.rp_filter', value: '2' });
+      rc.sysctls.push({ key: `net.ipv4.conf.${r.underlay.name}.rp_filter`, value: '2' });
+    }
+  }
+  return out;
+}
+
+function policy(
+  src: Cidr,
+  dst: Cidr,
+  dir: XfrmPolicy['dir'],
+  priority: number,
+  tmpls: XfrmTmpl[],
+  comment: string,
+  action: XfrmPolicy['action'] = 'allow',
+  proto?: 'esp',
+): XfrmPolicy {
+  return { src, dst, dir, priority, action, tmpls, comment, ...(proto ? { proto } : {}) };
+}

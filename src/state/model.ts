@@ -1,0 +1,91 @@
+/**
+ * The state file: what onionctl decided and must remember so that plans are stable. Paths are
+ * state, not re-rolled on each plan; SPIs, reqids and key epochs are allocated once and only move
+ * forward. No key material is stored here.
+ */
+import { z } from 'zod';
+
+/** onionctl's reserved ranges: how it recognises its own xfrm objects on a router. */
+export const SPI_BASE = 0x4f000000;
+export const SPI_LAST = 0x4fffffff;
+export const REQID_BASE = 0x4f000000;
+export const REQID_LAST = 0x4fffffff;
+
+const sa = z.strictObject({
+  spi: z.number().int().min(SPI_BASE).max(SPI_LAST),
+  reqid: z.number().int().min(REQID_BASE).max(REQID_LAST),
+  /** incremented each time the SA is (re)created; part of the key derivation */
+  epoch: z.number().int().min(1),
+});
+export type SaRecord = z.infer<typeof sa>;
+
+const link = z.strictObject({
+  a: z.string(),
+  b: z.string(),
+  /** SA carrying a -> b */
+  ab: sa,
+  /** SA carrying b -> a */
+  ba: sa,
+});
+export type LinkState = z.infer<typeof link>;
+
+const circuit = z.strictObject({
+  client: z.string(),
+  hops: z.array(z.string()).min(2),
+  /** A_ci: the client's per-hop address, from hop i's pool, dotted quad */
+  addrs: z.array(z.string()),
+  to: z.array(z.string()),
+  /** bumps when the circuit is re-pathed; part of SA identities */
+  generation: z.number().int().min(1),
+  /** ISO time the current path was chosen (from the injected clock) */
+  created: z.string(),
+  /** telescope SAs A_ci -> OR_ci, index i-1 */
+  fwd: z.array(sa),
+  /** telescope SAs OR_ci -> A_ci, index i-1 */
+  rev: z.array(sa),
+});
+export type CircuitState = z.infer<typeof circuit>;
+
+export const StateSchema = z.strictObject({
+  version: z.literal(1),
+  /** random, from the CSPRNG when the state is created; salts key derivation */
+  salt: z.string().regex(/^[0-9a-f]{64}$/),
+  /** incremented on every change */
+  serial: z.number().int().min(0),
+  next: z.strictObject({
+    spi: z.number().int().min(SPI_BASE).max(SPI_LAST + 1),
+    reqid: z.number().int().min(REQID_BASE).max(REQID_LAST + 1),
+  }),
+  links: z.record(z.string(), link),
+  circuits: z.record(z.string(), circuit),
+});
+export type State = z.infer<typeof StateSchema>;
+
+export function emptyState(salt: string): State {
+  return { version: 1, salt, serial: 0, next: { spi: SPI_BASE, reqid: REQID_BASE }, links: {}, circuits: {} };
+}
+
+export type StateEvent =
+  | { kind: 'circuit-added'; circuit: string; hops: string[] }
+  | { kind: 'circuit-repathed'; circuit: string; hops: string[]; from: string[]; reason: string }
+  | { kind: 'circuit-removed'; circuit: string }
+  | { kind: 'circuit-updated'; circuit: string; reason: string }
+  | { kind: 'link-added'; link: string }
+  | { kind: 'link-removed'; link: string };
+
+export function describeEvent(e: StateEvent): string {
+  switch (e.kind) {
+    case 'circuit-added':
+      return `circuit ${e.circuit}: new path ${e.hops.join(' -> ')}`;
+    case 'circuit-repathed':
+      return `circuit ${e.circuit}: re-pathed ${e.from.join(' -> ')} => ${e.hops.join(' -> ')} (${e.reason})`;
+    case 'circuit-removed':
+      return `circuit ${e.circuit}: removed`;
+    case 'circuit-updated':
+      return `circuit ${e.circuit}: ${e.reason}`;
+    case 'link-added':
+      return `overlay link ${e.link}: new SAs`;
+    case 'link-removed':
+      return `overlay link ${e.link}: removed`;
+  }
+}

@@ -1,0 +1,156 @@
+/**
+ * topology + previous state -> next state. Pure: randomness and time are injected.
+ *
+ * Stability rules:
+ *  - a circuit that is still eligible keeps its path, addresses and SAs;
+ *  - a new circuit gets a path and leaves every other circuit alone;
+ *  - a circuit whose path broke (a router left, a link went, an exit stopped admitting its
+ *    destinations, constraints changed) is re-pathed, and only that circuit;
+ *  - SPIs and reqids come from counters that only move forward, so an SPI (and with it a key)
+ *    is never handed out twice by the same state.
+ */
+import { cidrContainsAddr, formatIPv4, parseIPv4, poolHosts } from '../net/addr.js';
+import { PathSpace, constraintsFor, selectPath } from '../pathselect/select.js';
+import type { RngFactory } from '../pathselect/rng.js';
+import { linkKey, type CircuitDef, type Net } from '../topology/net.js';
+import { REQID_LAST, SPI_LAST, type CircuitState, type SaRecord, type State, type StateEvent } from './model.js';
+
+export class PlanError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'PlanError';
+  }
+}
+
+function allocSa(s: State): SaRecord {
+  if (s.next.spi > SPI_LAST || s.next.reqid > REQID_LAST) {
+    throw new PlanError('the state has used up onionctl\'s SPI range; start a new state file (every SA will be re-created with fresh keys)');
+  }
+  return { spi: s.next.spi++, reqid: s.next.reqid++, epoch: 1 };
+}
+
+/** Identity of an SA, stable across plans; part of key derivation. */
+export function linkSaId(from: string, to: string): string {
+  return `link:${from}>${to}`;
+}
+export function circuitSaId(circuit: string, generation: number, hop: number, dir: 'fwd' | 'rev'): string {
+  return `circuit:${circuit}:g${generation}:hop${hop}:${dir}`;
+}
+
+function sameList(a: readonly string[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string): { state: State; events: StateEvent[] } {
+  const s: State = structuredClone(prev);
+  const events: StateEvent[] = [];
+
+  // overlay links: one SA per direction for each declared link
+  const wanted = new Map(net.links.map(([a, b]) => [linkKey(a, b), [a, b] as const]));
+  for (const k of Object.keys(s.links).sort()) {
+    if (!wanted.has(k)) {
+      delete s.links[k];
+      events.push({ kind: 'link-removed', link: k });
+    }
+  }
+  for (const [k, [a, b]] of wanted) {
+    if (!s.links[k]) {
+      s.links[k] = { a, b, ab: allocSa(s), ba: allocSa(s) };
+      events.push({ kind: 'link-added', link: k });
+    }
+  }
+
+  // circuits that left the topology
+  const defs = new Map(net.circuits.map((c) => [c.name, c]));
+  for (const name of Object.keys(s.circuits).sort()) {
+    if (!defs.has(name)) {
+      delete s.circuits[name];
+      events.push({ kind: 'circuit-removed', circuit: name });
+    }
+  }
+
+  // which stored circuits are still valid?
+  const toRepath: { def: CircuitDef; reason: string; old?: CircuitState }[] = [];
+  for (const def of net.circuits) {
+    const cur = s.circuits[def.name];
+    if (!cur) {
+      toRepath.push({ def, reason: 'new' });
+      continue;
+    }
+    const why = invalidReason(net, def, cur);
+    if (why) {
+      toRepath.push({ def, reason: why, old: cur });
+      delete s.circuits[def.name];
+      continue;
+    }
+    const to = def.to.map((c) => `${formatIPv4(c.base)}/${c.len}`);
+    if (!sameList(to, cur.to)) {
+      cur.to = to;
+      events.push({ kind: 'circuit-updated', circuit: def.name, reason: `destinations now ${to.join(', ')}` });
+    }
+  }
+
+  // addresses in use, per router, by the circuits that stay
+  const used = new Map<string, Set<number>>();
+  for (const c of Object.values(s.circuits)) {
+    c.hops.forEach((h, i) => {
+      let u = used.get(h);
+      if (!u) used.set(h, (u = new Set()));
+      u.add(parseIPv4(c.addrs[i]!));
+    });
+  }
+
+  for (const { def, reason, old } of toRepath) {
+    const generation = (old?.generation ?? 0) + 1;
+    const hops = selectPath(net, def, rngFor(`circuit/${def.name}/g${generation}`));
+    const addrs = hops.map((h) => {
+      const r = net.routers.get(h)!;
+      let u = used.get(h);
+      if (!u) used.set(h, (u = new Set()));
+      const { first, last } = poolHosts(r.pool);
+      for (let a = first; a <= last; a++) {
+        if (!u.has(a)) {
+          u.add(a);
+          return formatIPv4(a);
+        }
+      }
+      throw new PlanError(`router ${h}: pool ${formatIPv4(r.pool.base)}/${r.pool.len} has no free address for circuit ${def.name}; enlarge the pool`);
+    });
+    const cs: CircuitState = {
+      client: def.client,
+      hops,
+      addrs,
+      to: def.to.map((c) => `${formatIPv4(c.base)}/${c.len}`),
+      generation,
+      created: now,
+      fwd: hops.map(() => allocSa(s)),
+      rev: hops.map(() => allocSa(s)),
+    };
+    s.circuits[def.name] = cs;
+    if (old) events.push({ kind: 'circuit-repathed', circuit: def.name, hops, from: old.hops, reason });
+    else events.push({ kind: 'circuit-added', circuit: def.name, hops });
+  }
+
+  // keep the file's key order stable: circuits in topology order, links in link order
+  const circuits: State['circuits'] = {};
+  for (const def of net.circuits) if (s.circuits[def.name]) circuits[def.name] = s.circuits[def.name]!;
+  s.circuits = circuits;
+  const links: State['links'] = {};
+  for (const k of wanted.keys()) links[k] = s.links[k]!;
+  s.links = links;
+
+  if (events.length > 0) s.serial = prev.serial + 1;
+  return { state: s, events };
+}
+
+function invalidReason(net: Net, def: CircuitDef, cur: CircuitState): string | undefined {
+  if (cur.client !== def.client) return `client changed from ${cur.client} to ${def.client}`;
+  if (cur.hops.length !== def.hops) return `hop count changed from ${cur.hops.length} to ${def.hops}`;
+  const why = new PathSpace(net, constraintsFor(net, def)).isEligible(cur.hops);
+  if (why) return why;
+  for (let i = 0; i < cur.hops.length; i++) {
+    const r = net.routers.get(cur.hops[i]!)!;
+    if (!cidrContainsAddr(r.pool, parseIPv4(cur.addrs[i]!))) return `address ${cur.addrs[i]} is no longer in ${r.name}'s pool`;
+  }
+  return undefined;
+}

@@ -1,0 +1,126 @@
+/**
+ * YAML text -> validated Topology, with every error located in the file (line:col).
+ * Pure: the caller reads the file.
+ */
+import { isMap, isPair, isScalar, isSeq, parseDocument, type Document, type Node as YNode } from 'yaml';
+import type { z } from 'zod';
+import { SourceText, TopologyError, type Diagnostic } from './diagnostics.js';
+import { TopologySchema, type Topology } from './schema.js';
+import { validateSemantics, type SemanticIssue } from './validate.js';
+
+export type Path = readonly (string | number)[];
+
+export function formatPath(path: Path): string {
+  let out = '';
+  for (const seg of path) {
+    if (typeof seg === 'number') out += `[${seg}]`;
+    else out += out === '' ? seg : `.${seg}`;
+  }
+  return out;
+}
+
+/**
+ * Offset of the node at `path`; if the path runs out (a missing key), the deepest existing
+ * node. With `key`, the position of that key inside the map at `path` (for unknown keys).
+ */
+export function locate(doc: Document, path: Path, key?: string): number {
+  let node: unknown = doc.contents;
+  let best = rangeStart(node) ?? 0;
+  const segs = key === undefined ? path : [...path, key];
+  for (let i = 0; i < segs.length; i++) {
+    const seg = segs[i]!;
+    const last = i === segs.length - 1;
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isPair(p) && isScalar(p.key) && String(p.key.value) === String(seg));
+      if (!pair) break;
+      if (last && key !== undefined) return rangeStart(pair.key) ?? best;
+      node = pair.value;
+      best = rangeStart(pair.value) ?? rangeStart(pair.key) ?? best;
+    } else if (isSeq(node) && typeof seg === 'number') {
+      const item = node.items[seg];
+      if (item === undefined) break;
+      node = item;
+      best = rangeStart(item) ?? best;
+    } else break;
+  }
+  return best;
+}
+
+function rangeStart(n: unknown): number | undefined {
+  const r = (n as YNode | null | undefined)?.range;
+  return r ? r[0] : undefined;
+}
+
+export interface LoadedTopology {
+  topology: Topology;
+  source: SourceText;
+}
+
+function zodMessage(issue: z.core.$ZodIssue): string {
+  switch (issue.code) {
+    case 'unrecognized_keys':
+      return `unknown key${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+    case 'invalid_type':
+      if (issue.input === undefined) return `missing required key (${issue.expected})`;
+      return `expected ${issue.expected}, got ${describe(issue.input)}`;
+    case 'invalid_value':
+      return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}, got ${describe(issue.input)}`;
+    default:
+      return issue.message;
+  }
+}
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  if (typeof v === 'string') return JSON.stringify(v);
+  return `${typeof v} ${String(v)}`;
+}
+
+export function parseTopology(text: string, file: string): LoadedTopology {
+  const source = new SourceText(file, text);
+  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false, strict: true });
+  const yamlErrors = [...doc.errors];
+  if (yamlErrors.length > 0) {
+    throw new TopologyError(yamlErrors.map((e) => source.at(e.pos[0], `YAML: ${firstLine(e.message)}`)));
+  }
+  const raw: unknown = doc.toJS({ maxAliasCount: 100 });
+  const parsed = TopologySchema.safeParse(raw ?? {});
+  if (!parsed.success) {
+    const diags: Diagnostic[] = [];
+    for (const issue of parsed.error.issues) {
+      const path = issue.path.filter((p): p is string | number => typeof p !== 'symbol');
+      if (issue.code === 'unrecognized_keys') {
+        for (const k of issue.keys) {
+          const where = formatPath([...path, k]);
+          diags.push(source.at(locate(doc, path, k), `${where}: unknown key "${k}"`));
+        }
+        continue;
+      }
+      const where = path.length > 0 ? `${formatPath(path)}: ` : '';
+      diags.push(source.at(locate(doc, path), where + zodMessage(issue)));
+    }
+    throw new TopologyError(sortDiags(diags));
+  }
+  const issues: SemanticIssue[] = validateSemantics(parsed.data);
+  if (issues.length > 0) {
+    throw new TopologyError(
+      sortDiags(
+        issues.map((i) => {
+          const where = i.path.length > 0 ? `${formatPath(i.path)}: ` : '';
+          return source.at(locate(doc, i.path), where + i.message);
+        }),
+      ),
+    );
+  }
+  return { topology: parsed.data, source };
+}
+
+function firstLine(s: string): string {
+  return s.split('\n')[0]!.replace(/ at line \d+, column \d+:?$/, '');
+}
+
+function sortDiags(d: Diagnostic[]): Diagnostic[] {
+  return [...d].sort((a, b) => a.line - b.line || a.col - b.col);
+}

@@ -1,0 +1,150 @@
+/**
+ * The topology file format: one zod schema, strict objects everywhere (an unknown key is an
+ * error, so a typo never silently drops a setting). Semantic checks that need the whole file
+ * (references, overlaps, eligibility) live in validate.ts.
+ */
+import { z } from 'zod';
+import { AddrError, parseCidr, parseIfAddr } from '../net/addr.js';
+
+/** Conservative: safe as an argument to ip(8), in a file name and in a shell word. */
+export const NAME_RE = /^[a-z][a-z0-9_-]{0,30}$/;
+/** Linux interface names: IFNAMSIZ-1 = 15 characters, no slash, no whitespace. */
+export const IFNAME_RE = /^[a-zA-Z][a-zA-Z0-9_.-]{0,14}$/;
+export const COUNTRY_RE = /^[A-Z]{2}$/;
+
+const name = z
+  .string()
+  .regex(NAME_RE, 'names must start with a lower-case letter and contain only a-z, 0-9, "_" and "-" (at most 31 characters)');
+
+const ifname = z
+  .string()
+  .regex(IFNAME_RE, 'interface names are at most 15 characters of a-z, A-Z, 0-9, "_", "." and "-"');
+
+function addrCheck(parse: (s: string) => unknown) {
+  return (s: string, ctx: z.RefinementCtx) => {
+    try {
+      parse(s);
+    } catch (e) {
+      if (e instanceof AddrError) ctx.addIssue({ code: 'custom', message: e.message });
+      else throw e;
+    }
+  };
+}
+const cidr = z.string().superRefine(addrCheck(parseCidr));
+const ifaddr = z.string().superRefine(addrCheck(parseIfAddr));
+
+export const HOPS_MIN = 2;
+/** k telescope layers + 1 overlay layer; the kernel carries at most 5 nested tunnel layers. */
+export const HOPS_MAX = 4;
+
+const hops = z
+  .number()
+  .int()
+  .min(HOPS_MIN, `hops must be at least ${HOPS_MIN}`)
+  .max(
+    HOPS_MAX,
+    `hops must be at most ${HOPS_MAX}: k telescope layers plus the overlay layer go into one policy, and a real kernel carries at most 5 nested tunnel layers (it accepts 6 templates but the 6-layer bundle fails when sending)`,
+  );
+
+export const CRYPTO_PROFILES = ['aes-gcm', 'aes-cbc-hmac-sha1'] as const;
+export const NAT_BACKENDS = ['iptables', 'nftables'] as const;
+
+const distinct = z.strictObject({
+  countries: z.boolean().optional(),
+  subnets16: z.boolean().optional(),
+});
+
+const underlay = z.strictObject({
+  interface: ifname,
+  address: ifaddr,
+  mtu: z.number().int().min(576).max(65535).optional(),
+});
+
+const port = z.number().int().min(1).max(65535);
+const portRange = z.string().regex(/^\d{1,5}-\d{1,5}$/, 'a port range is written "FIRST-LAST"');
+
+const allowRule = z.strictObject({
+  to: cidr,
+  proto: z.enum(['tcp', 'udp', 'icmp', 'any']).default('any'),
+  ports: z.array(z.union([port, portRange])).min(1).optional(),
+});
+
+const exit = z.strictObject({
+  /** Outside interface; defaults to the underlay interface. */
+  interface: ifname.optional(),
+  /** The address A_ck is SNATed to; defaults to the underlay address. */
+  address: ifaddr.optional(),
+  nat: z.enum(NAT_BACKENDS).optional(),
+  allow: z.array(allowRule).min(1),
+});
+
+const ssh = z.strictObject({
+  host: z.string().min(1).optional(),
+  port: z.number().int().min(1).max(65535).optional(),
+  user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/).optional(),
+  /** Pinned host key, "ssh-ed25519 AAAA..." (as in known_hosts, without the host field). */
+  hostKey: z.string().optional(),
+});
+
+const router = z.strictObject({
+  name,
+  operator: name,
+  country: z.string().regex(COUNTRY_RE, 'country is an ISO 3166 alpha-2 code such as DE').optional(),
+  underlay,
+  pool: cidr,
+  exit: exit.optional(),
+  ssh: ssh.optional(),
+});
+
+const client = z.strictObject({
+  name,
+  underlay,
+  /** Entry routers: the first hop of each of this client's circuits is one of these. */
+  entry: z.array(name).min(1),
+  ssh: ssh.optional(),
+});
+
+const operator = z.strictObject({
+  name,
+  description: z.string().optional(),
+});
+
+const link = z.tuple([name, name]);
+
+const circuit = z.strictObject({
+  name,
+  client: name,
+  to: z.array(cidr).min(1),
+  hops: hops.optional(),
+  distinct: distinct.optional(),
+});
+
+const keys = z.strictObject({
+  source: z.enum(['kdf', 'random']).default('kdf'),
+});
+
+export const TopologySchema = z.strictObject({
+  version: z.literal(1),
+  hops: hops.default(3),
+  crypto: z.enum(CRYPTO_PROFILES).default('aes-gcm'),
+  keys: keys.default({ source: 'kdf' }),
+  nat: z.enum(NAT_BACKENDS).default('iptables'),
+  distinct: distinct.default({}),
+  /** Extra route options for generated routes, e.g. the lab sets quickack. */
+  routeOptions: z.strictObject({ quickack: z.boolean().optional() }).optional(),
+  operators: z.array(operator).min(1),
+  routers: z.array(router).min(1),
+  clients: z.array(client).default([]),
+  links: z.array(link).default([]),
+  circuits: z.array(circuit).default([]),
+});
+
+export type TopologyInput = z.input<typeof TopologySchema>;
+export type Topology = z.output<typeof TopologySchema>;
+export type RouterSpec = Topology['routers'][number];
+export type ClientSpec = Topology['clients'][number];
+export type CircuitSpec = Topology['circuits'][number];
+export type ExitSpec = NonNullable<RouterSpec['exit']>;
+export type AllowRule = ExitSpec['allow'][number];
+export type CryptoProfileName = (typeof CRYPTO_PROFILES)[number];
+export type NatBackend = (typeof NAT_BACKENDS)[number];

@@ -1,0 +1,138 @@
+/**
+ * Checks that need the whole file. Each issue carries the path of the YAML node to blame, so
+ * load.ts can print file:line:col.
+ */
+import { cidrContainsAddr, cidrOverlaps, formatCidr, formatIPv4, parseCidr, type Cidr } from '../net/addr.js';
+import { diagnose } from '../pathselect/select.js';
+import { buildNet } from './net.js';
+import type { Topology } from './schema.js';
+
+export interface SemanticIssue {
+  path: (string | number)[];
+  message: string;
+}
+
+export function validateSemantics(t: Topology): SemanticIssue[] {
+  const issues: SemanticIssue[] = [];
+  const add = (path: (string | number)[], message: string) => issues.push({ path, message });
+
+  // unique names
+  const opNames = new Map<string, number>();
+  t.operators.forEach((o, i) => {
+    if (opNames.has(o.name)) add(['operators', i, 'name'], `duplicate operator name "${o.name}" (first at operators[${opNames.get(o.name)}])`);
+    else opNames.set(o.name, i);
+  });
+  const nodeNames = new Map<string, string>();
+  t.routers.forEach((r, i) => {
+    const prev = nodeNames.get(r.name);
+    if (prev) add(['routers', i, 'name'], `duplicate node name "${r.name}" (first at ${prev})`);
+    else nodeNames.set(r.name, `routers[${i}]`);
+  });
+  t.clients.forEach((c, i) => {
+    const prev = nodeNames.get(c.name);
+    if (prev) add(['clients', i, 'name'], `duplicate node name "${c.name}" (first at ${prev}); routers and clients share one name space`);
+    else nodeNames.set(c.name, `clients[${i}]`);
+  });
+  const circuitNames = new Map<string, number>();
+  t.circuits.forEach((c, i) => {
+    if (circuitNames.has(c.name)) add(['circuits', i, 'name'], `duplicate circuit name "${c.name}" (first at circuits[${circuitNames.get(c.name)}])`);
+    else circuitNames.set(c.name, i);
+  });
+
+  // references
+  const routerNames = new Set(t.routers.map((r) => r.name));
+  const clientNames = new Set(t.clients.map((c) => c.name));
+  const known = (set: Set<string>) => [...set].slice(0, 8).join(', ') + (set.size > 8 ? ', ...' : '');
+  t.routers.forEach((r, i) => {
+    if (!opNames.has(r.operator)) add(['routers', i, 'operator'], `unknown operator "${r.operator}" (known: ${known(new Set(opNames.keys()))})`);
+  });
+  t.clients.forEach((c, i) => {
+    c.entry.forEach((e, j) => {
+      if (!routerNames.has(e)) add(['clients', i, 'entry', j], `unknown router "${e}"`);
+    });
+  });
+  const linkSeen = new Map<string, number>();
+  t.links.forEach(([a, b], i) => {
+    [a, b].forEach((n, j) => {
+      if (!routerNames.has(n) && !clientNames.has(n)) add(['links', i, j], `unknown node "${n}"`);
+    });
+    if (a === b) add(['links', i], `a link needs two different nodes, got "${a}" twice`);
+    if (clientNames.has(a) && clientNames.has(b)) add(['links', i], `clients "${a}" and "${b}" cannot be overlay neighbours; a client links only to routers`);
+    const k = a < b ? `${a}~${b}` : `${b}~${a}`;
+    if (linkSeen.has(k)) add(['links', i], `duplicate link ${a} - ${b} (first at links[${linkSeen.get(k)}])`);
+    else linkSeen.set(k, i);
+  });
+  t.circuits.forEach((c, i) => {
+    if (!clientNames.has(c.client)) add(['circuits', i, 'client'], `unknown client "${c.client}" (known: ${known(clientNames)})`);
+  });
+
+  // addresses: underlay addresses unique; pools disjoint from each other and from every
+  // underlay / exit address; destinations never inside a pool
+  const addrs: { addr: number; path: (string | number)[] }[] = [];
+  const seenAddr = new Map<number, string>();
+  const noteAddr = (text: string, path: (string | number)[]) => {
+    const addr = ipOf(text);
+    const prev = seenAddr.get(addr);
+    if (prev) add(path, `address ${formatIPv4(addr)} is already used at ${prev}`);
+    else seenAddr.set(addr, path.join('.'));
+    addrs.push({ addr, path });
+  };
+  t.routers.forEach((r, i) => {
+    noteAddr(r.underlay.address, ['routers', i, 'underlay', 'address']);
+    if (r.exit?.address) noteAddr(r.exit.address, ['routers', i, 'exit', 'address']);
+  });
+  t.clients.forEach((c, i) => noteAddr(c.underlay.address, ['clients', i, 'underlay', 'address']));
+  const pools: { pool: Cidr; i: number }[] = t.routers.map((r, i) => ({ pool: parseCidr(r.pool), i }));
+  for (const { pool, i } of pools) {
+    for (const o of pools) {
+      if (o.i < i && cidrOverlaps(pool, o.pool)) {
+        add(['routers', i, 'pool'], `pool ${formatCidr(pool)} overlaps the pool of ${t.routers[o.i]!.name} (${formatCidr(o.pool)})`);
+      }
+    }
+    for (const a of addrs) {
+      if (cidrContainsAddr(pool, a.addr)) add(['routers', i, 'pool'], `pool ${formatCidr(pool)} contains the underlay address ${formatIPv4(a.addr)} (${a.path.join('.')})`);
+    }
+  }
+  t.circuits.forEach((c, i) => {
+    c.to.forEach((d, j) => {
+      const dc = parseCidr(d);
+      for (const { pool, i: ri } of pools) {
+        if (cidrOverlaps(dc, pool)) add(['circuits', i, 'to', j], `destination ${d} overlaps the pool of ${t.routers[ri]!.name} (${formatCidr(pool)})`);
+      }
+    });
+  });
+  // one client, two circuits, overlapping destinations: the kernel could not tell which
+  // circuit a packet belongs to
+  t.circuits.forEach((c, i) => {
+    t.circuits.forEach((o, j) => {
+      if (j >= i || o.client !== c.client) return;
+      for (const [di, d] of c.to.entries()) {
+        for (const e of o.to) {
+          if (cidrOverlaps(parseCidr(d), parseCidr(e))) {
+            add(['circuits', i, 'to', di], `destination ${d} overlaps ${e} of circuit "${o.name}" of the same client; each destination of a client must belong to one circuit`);
+          }
+        }
+      }
+    });
+  });
+  t.routers.forEach((r, i) => {
+    if (r.exit && r.exit.interface && r.exit.interface !== r.underlay.interface && !r.exit.address) {
+      add(['routers', i, 'exit'], `exit interface "${r.exit.interface}" differs from the underlay interface, so the exit needs its own "address"`);
+    }
+  });
+
+  if (issues.length > 0) return issues;
+
+  // eligibility: every circuit must have at least one path under its constraints
+  const net = buildNet(t);
+  net.circuits.forEach((c) => {
+    const err = diagnose(net, c);
+    if (err) add(['circuits', c.index], `circuit "${c.name}" cannot be built: ${err.message}`);
+  });
+  return issues;
+}
+
+function ipOf(ifaddr: string): number {
+  const cidr = ifaddr.split('/')[0]!;
+  return parseCidr(cidr).base;
+}
