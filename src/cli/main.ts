@@ -8,6 +8,9 @@ import { PathError } from '../pathselect/select.js';
 import { PlanError } from '../state/reconcile.js';
 import { UserError, packageVersion } from '../util/files.js';
 import { planCommand, validateCommand } from './plan-command.js';
+import { auditCommand, fractionArg, operatorListArg, type AuditOpts } from './audit-command.js';
+import { formatArg, graphCommand, type GraphOpts } from './graph-command.js';
+import { labCommand, type LabSub } from './lab-command.js';
 
 function seedArg(v: string): string {
   if (!/^[0-9A-Za-z_.:-]{1,64}$/.test(v)) throw new InvalidArgumentError('a seed is 1-64 characters of letters, digits and _.:-');
@@ -46,6 +49,50 @@ export function buildProgram(): Command {
       process.exitCode = await planCommand(topology, opts);
     });
 
+  const lab = program.command('lab').description('build the topology in network namespaces (inside User-Mode Linux when this kernel has no ESP) and prove it works');
+  for (const [sub, desc] of [
+    ['up', 'create namespaces, wires, sshd per node and a server per circuit, then configure every node over SSH'],
+    ['test', 'send traffic through every circuit, prove it used IPsec, and check what each hop saw'],
+    ['down', 'remove everything the lab created'],
+    ['demo', 'up, test, down in one go'],
+  ] as const) {
+    lab
+      .command(sub)
+      .description(desc)
+      .argument('<topology>', 'topology YAML file')
+      .option('--seed <seed>', 'reproducible path selection', seedArg)
+      .option('--json', 'machine-readable report (test)')
+      .option('--here', 'run in this kernel even if it lacks ESP (used inside the lab guest)')
+      .action(async (topology: string, opts: { seed?: string; json?: boolean; here?: boolean }) => {
+        process.exitCode = await labCommand(sub as LabSub, topology, opts);
+      });
+  }
+
+  program
+    .command('audit')
+    .description('who sees which addresses on every wire and router, per circuit; checks the anonymity invariants (exit 1 on a violation); never writes the state')
+    .argument('<topology>', 'topology YAML file')
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--seed <seed>', 'path selection for circuits the state lacks, as for plan', seedArg)
+    .option('--json', 'print the audit as JSON')
+    .option('--compromised <ops>', 'adversary view: comma-separated operators assumed compromised', operatorListArg)
+    .option('--compromised-fraction <f>', 'adversary view: this fraction of the operators, drawn at random (reproducible with --seed)', fractionArg)
+    .action(async (topology: string, opts: AuditOpts) => {
+      process.exitCode = await auditCommand(topology, opts);
+    });
+
+  program
+    .command('graph')
+    .description('draw the overlay and the circuits: routers coloured by operator, circuits as coloured paths; never writes the state')
+    .argument('<topology>', 'topology YAML file')
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--seed <seed>', 'path selection for circuits the state lacks, as for plan', seedArg)
+    .requiredOption('--format <format>', 'dot, mermaid, svg or png (svg and png need Graphviz `dot`)', formatArg)
+    .option('--out <file>', 'write to this file instead of standard output')
+    .action(async (topology: string, opts: GraphOpts) => {
+      process.exitCode = await graphCommand(topology, opts);
+    });
+
   return program;
 }
 
@@ -65,7 +112,7 @@ export function reportError(e: unknown, err: (s: string) => void): number {
     err(`onionctl: ${e.diagnostics.length} error${e.diagnostics.length === 1 ? '' : 's'} in topology\n`);
     return 1;
   }
-  if (e instanceof UserError || e instanceof PlanError || e instanceof PathError) {
+  if (e instanceof UserError || e instanceof PlanError || e instanceof PathError || (e instanceof Error && /^(LabError|TransportError|UmlNotFoundError|GuestBootError|GuestNotRunningError|GuestAgentError|GuestExecTimeoutError)$/.test(e.name))) {
     err(`onionctl: error: ${e.message}\n`);
     return 1;
   }

@@ -154,3 +154,28 @@ function invalidReason(net: Net, def: CircuitDef, cur: CircuitState): string | u
   }
   return undefined;
 }
+
+export type SaRef = { circuit: string; hop: number; dir: 'fwd' | 'rev' } | { link: string; dir: 'ab' | 'ba' };
+
+/**
+ * Re-creates one SA: a new SPI from the counter and the next epoch, same reqid (so the policies
+ * that point at it stay as they are). The key derivation covers epoch and SPI, so the SA never
+ * comes back with a key it used before. Both ends must then install the new SA together.
+ */
+export function rekeySa(prev: State, ref: SaRef): { state: State; old: SaRecord; now: SaRecord } {
+  const s: State = structuredClone(prev);
+  let rec: SaRecord | undefined;
+  if ('circuit' in ref) {
+    const c = s.circuits[ref.circuit];
+    rec = c?.[ref.dir][ref.hop - 1];
+  } else {
+    rec = s.links[ref.link]?.[ref.dir];
+  }
+  if (!rec) throw new PlanError(`no such SA: ${JSON.stringify(ref)}`);
+  const old = { ...rec };
+  if (s.next.spi > SPI_LAST) throw new PlanError('the state has used up onionctl\'s SPI range');
+  rec.spi = s.next.spi++;
+  rec.epoch += 1;
+  s.serial += 1;
+  return { state: s, old, now: { ...rec } };
+}

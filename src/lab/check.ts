@@ -1,0 +1,258 @@
+/**
+ * `onionctl lab test`: for every circuit, real traffic through the real kernel, then the
+ * anonymity property checked on header-only captures of the wire.
+ */
+import path from 'node:path';
+import { promises as fs } from 'node:fs';
+import { execa } from 'execa';
+import { KdfKeySource } from '../keys/kdf.js';
+import { formatIPv4 } from '../net/addr.js';
+import { buildConfigs } from '../spd/build.js';
+import { stateLine } from '../render/render.js';
+import { loadOrCreateSecret, loadState, saveState } from '../util/files.js';
+import { rekeySa } from '../state/reconcile.js';
+import type { State } from '../state/model.js';
+import { pairs, startCapture, type Capture, type Packet, type Pair } from './capture.js';
+import { connectNode, loadLabNet, type Log } from './run.js';
+import type { LabRecord } from './record.js';
+import { LabError } from './layout.js';
+
+export interface CheckResult {
+  name: string;
+  ok: boolean;
+  detail: string;
+}
+
+export interface ObservationRow {
+  point: string;
+  src: string;
+  dst: string;
+  proto: string;
+  count: number;
+}
+
+export interface CircuitReport {
+  circuit: string;
+  path: string[];
+  checks: CheckResult[];
+  observations: ObservationRow[];
+  downloadBytes: number;
+  downloadMBps: number;
+}
+
+export interface LabTestReport {
+  circuits: CircuitReport[];
+  failClosed: CheckResult[];
+  ok: boolean;
+}
+
+/** Per-SPI packet/byte counters from `ip -s xfrm state` (the output holds keys: never print it). */
+export function parseXfrmStats(text: string): Map<number, { bytes: number; packets: number }> {
+  const out = new Map<number, { bytes: number; packets: number }>();
+  let spi: number | undefined;
+  let inCurrent = false;
+  for (const line of text.split('\n')) {
+    const m = /\bspi (0x[0-9a-f]+)/.exec(line);
+    if (m) {
+      spi = Number.parseInt(m[1]!, 16);
+      inCurrent = false;
+      continue;
+    }
+    if (/lifetime current:/.test(line)) {
+      inCurrent = true;
+      continue;
+    }
+    const c = /(\d+)\(bytes\), (\d+)\(packets\)/.exec(line);
+    if (c && inCurrent && spi !== undefined) {
+      out.set(spi, { bytes: Number(c[1]), packets: Number(c[2]) });
+      inCurrent = false;
+    }
+  }
+  return out;
+}
+
+async function nsExec(ns: string, argv: string[], timeoutMs = 120_000) {
+  const r = await execa('ip', ['netns', 'exec', ns, ...argv], { reject: false, timeout: timeoutMs });
+  return { code: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+}
+
+async function xfrmStats(ns: string) {
+  return parseXfrmStats((await nsExec(ns, ['ip', '-s', 'xfrm', 'state'])).stdout);
+}
+
+async function xfrmStat(ns: string, counter: string): Promise<number> {
+  const r = await nsExec(ns, ['cat', '/proc/net/xfrm_stat']);
+  const m = new RegExp(`^${counter}\\s+(\\d+)`, 'm').exec(r.stdout);
+  return m ? Number(m[1]) : 0;
+}
+
+export async function labTest(rec: LabRecord, log: Log): Promise<LabTestReport> {
+  const net = await loadLabNet(rec);
+  const statePath = path.join(rec.dir, 'state.json');
+  let { state } = await loadState(statePath);
+  const nodes = new Map(rec.layout.nodes.map((n) => [n.name, n]));
+  const capDir = path.join(rec.dir, 'captures');
+  await fs.mkdir(capDir, { recursive: true });
+  const reports: CircuitReport[] = [];
+
+  for (const def of net.circuits) {
+    const c = state.circuits[def.name]!;
+    const client = nodes.get(c.client)!;
+    const exitName = c.hops[c.hops.length - 1]!;
+    const exit = nodes.get(exitName)!;
+    const entry = c.hops[0]!;
+    const server = rec.layout.servers.find((s) => s.circuit === def.name) ?? rec.layout.servers.find((s) => formatIPv4(s.iface.addr) === c.to[0]!.split('/')[0]);
+    if (!server) throw new LabError(`no lab server for circuit ${def.name}`);
+    const dest = formatIPv4(server.iface.addr);
+    const clientReal = formatIPv4(client.underlay.addr);
+    const exitOut = formatIPv4(exit.outside!.addr);
+
+    const labels = new Map<string, string>();
+    for (const n of rec.layout.nodes) labels.set(formatIPv4(n.underlay.addr), n.kind === 'client' ? `${n.name}(real)` : n.name);
+    for (const n of rec.layout.nodes) if (n.outside) labels.set(formatIPv4(n.outside.addr), `${n.name}(outside)`);
+    c.addrs.forEach((a, i) => labels.set(a, `A_c${i + 1}`));
+    labels.set(dest, `dest(${def.name})`);
+    const label = (a: string) => labels.get(a) ?? a;
+
+    // observation points: every router's underlay, the client's underlay, the exit's outside, the server
+    const points: { point: string; iface: string }[] = [];
+    points.push({ point: `${client.name}:${client.underlay.name}`, iface: client.underlay.hostVeth });
+    for (const n of rec.layout.nodes) if (n.kind === 'router') points.push({ point: `${n.name}:${n.underlay.name}`, iface: n.underlay.hostVeth });
+    points.push({ point: `${exit.name}:${exit.outside!.name}`, iface: exit.outside!.hostVeth });
+    points.push({ point: `server(${def.name})`, iface: server.iface.hostVeth });
+    const caps: Capture[] = [];
+    try {
+      for (const p of points) caps.push(await startCapture(p.iface, path.join(capDir, `${def.name}-${p.iface}.txt`)));
+    } catch (e) {
+      await Promise.all(caps.map((x) => x.stop()));
+      throw e;
+    }
+    const before = await xfrmStats(client.ns);
+    const ping = await nsExec(client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
+    const recv = Number(/(\d+) (?:packets )?received/.exec(ping.stdout)?.[1] ?? 0);
+    const t0 = process.hrtime.bigint();
+    const dl = await nsExec(client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '120', '-w', '%{size_download}', `http://${dest}/10M.bin`]);
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    const bytes = Number(dl.stdout.trim()) || 0;
+    const after = await xfrmStats(client.ns);
+    const exitStats = await xfrmStats(exit.ns);
+    const captured = new Map<string, Packet[]>();
+    for (const [i, cap] of caps.entries()) captured.set(points[i]!.point, await cap.stop());
+
+    const checks: CheckResult[] = [];
+    const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
+    check('ping through the circuit', recv >= 2, `${recv}/3 replies`);
+    check('10 MiB TCP download (MTU/MSS)', bytes === 10 * 1024 * 1024, `${bytes} bytes in ${secs.toFixed(2)} s${dl.code !== 0 ? `; curl: ${dl.stderr.trim()}` : ''}`);
+
+    // IPsec: every outbound layer's SA on the client counted packets, and the exit's telescope SA too
+    const outSpis = [...c.fwd.map((s) => s.spi), state.links[[client.name, entry].sort().join('~')]![client.name < entry ? 'ab' : 'ba'].spi];
+    const grew = outSpis.filter((spi) => (after.get(spi)?.packets ?? 0) > (before.get(spi)?.packets ?? 0));
+    const exitT = exitStats.get(c.fwd[c.fwd.length - 1]!.spi)?.packets ?? 0;
+    check('traffic used IPsec (xfrm counters)', grew.length === outSpis.length && exitT > 0, `${grew.length}/${outSpis.length} client layers counted packets; exit telescope SA: ${exitT} packets`);
+
+    const seen = (point: string, addr: string) => (captured.get(point) ?? []).some((p) => p.src === addr || p.dst === addr);
+    const clientPoint = `${client.name}:${client.underlay.name}`;
+    const clientWire = (captured.get(clientPoint) ?? []).filter((p) => (p.src === clientReal || p.dst === clientReal));
+    check('client wire carries only ESP', clientWire.length > 0 && clientWire.every((p) => p.proto === 'esp'), `${clientWire.length} packets, ${clientWire.filter((p) => p.proto !== 'esp').length} not ESP`);
+    const entryPoint = `${entry}:${nodes.get(entry)!.underlay.name}`;
+    check('entry sees the client and not the destination', seen(entryPoint, clientReal) && !seen(entryPoint, dest), `client ${seen(entryPoint, clientReal) ? 'seen' : 'NOT seen'}, destination ${seen(entryPoint, dest) ? 'SEEN' : 'not seen'}`);
+    const leaks = [...captured.keys()].filter((p) => p !== `${exit.name}:${exit.outside!.name}` && !p.startsWith('server(') && seen(p, dest));
+    check('only the exit sees the destination', leaks.length === 0 && seen(`${exit.name}:${exit.outside!.name}`, dest), leaks.length ? `destination seen at ${leaks.join(', ')}` : 'destination seen only on the exit\'s outside link');
+    const exitPoints = [`${exit.name}:${exit.underlay.name}`, `${exit.name}:${exit.outside!.name}`, `server(${def.name})`];
+    const saw = exitPoints.filter((p) => seen(p, clientReal));
+    check('exit and server never see the client', saw.length === 0, saw.length ? `client address seen at ${saw.join(', ')}` : 'client address absent');
+    const srv = captured.get(`server(${def.name})`) ?? [];
+    const others = [...new Set(srv.flatMap((p) => [p.src, p.dst]).filter((a) => a !== dest))];
+    check('server sees only the exit', others.length === 1 && others[0] === exitOut, `server saw ${others.map(label).join(', ') || 'nothing'}`);
+
+    const observations: ObservationRow[] = [];
+    for (const [point, pkts] of captured) {
+      for (const p of pairs(pkts) as Pair[]) observations.push({ point, src: label(p.src), dst: label(p.dst), proto: p.proto, count: p.count });
+    }
+    for (const ch of checks) log(`${ch.ok ? 'PASS' : 'FAIL'} ${def.name}: ${ch.name} (${ch.detail})`);
+    reports.push({ circuit: def.name, path: [c.client, ...c.hops, `dest(${def.name})`], checks, observations, downloadBytes: bytes, downloadMBps: bytes / 1e6 / secs });
+  }
+
+  const failClosed = net.circuits.length > 0 ? await failClosedCheck(rec, state, log) : [];
+  for (const ch of failClosed) log(`${ch.ok ? 'PASS' : 'FAIL'} ${ch.name} (${ch.detail})`);
+  state = (await loadState(statePath)).state;
+  const ok = reports.every((r) => r.checks.every((c) => c.ok)) && failClosed.every((c) => c.ok);
+  return { circuits: reports, failClosed, ok };
+}
+
+/**
+ * Deletes the innermost telescope SA of the first circuit on its client, checks that traffic to
+ * the destination is dropped and never leaves in clear, then restores the circuit by
+ * re-creating that SA on both ends with a new SPI and a new key (never the old one).
+ */
+async function failClosedCheck(rec: LabRecord, state: State, log: Log): Promise<CheckResult[]> {
+  const net = await loadLabNet(rec);
+  const def = net.circuits[0]!;
+  const c = state.circuits[def.name]!;
+  const k = c.hops.length;
+  const client = rec.layout.nodes.find((n) => n.name === c.client)!;
+  const exitName = c.hops[k - 1]!;
+  const server = rec.layout.servers.find((s) => s.circuit === def.name)!;
+  const dest = formatIPv4(server.iface.addr);
+  const sa = c.fwd[k - 1]!;
+  const out: CheckResult[] = [];
+  const del = await nsExec(client.ns, ['ip', 'xfrm', 'state', 'delete', 'src', c.addrs[k - 1]!, 'dst', formatIPv4(net.nodes.get(exitName)!.underlay.addr), 'proto', 'esp', 'spi', `0x${sa.spi.toString(16)}`]);
+  if (del.code !== 0) return [{ name: 'fail closed', ok: false, detail: `could not delete the SA: ${del.stderr.trim()}` }];
+  const noStates0 = await xfrmStat(client.ns, 'XfrmOutNoStates');
+  const cap = await startCapture(client.underlay.hostVeth, path.join(rec.dir, 'captures', 'fail-closed.txt'));
+  const ping = await nsExec(client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', dest]);
+  const curl = await nsExec(client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '3', `http://${dest}/obj8.bin`]);
+  const pkts = await cap.stop();
+  const noStates1 = await xfrmStat(client.ns, 'XfrmOutNoStates');
+  const recv = Number(/(\d+) (?:packets )?received/.exec(ping.stdout)?.[1] ?? 0);
+  const clear = pkts.filter((p) => p.dst === dest || p.src === dest || (p.proto !== 'esp' && p.src === formatIPv4(client.underlay.addr)));
+  out.push({
+    name: `fail closed (${def.name}, telescope SA hop ${k} deleted on ${client.name})`,
+    ok: recv === 0 && curl.code !== 0 && clear.length === 0 && noStates1 > noStates0,
+    detail: `${recv}/3 pings answered, download ${curl.code === 0 ? 'SUCCEEDED' : 'failed'}, ${clear.length} packets in clear on the wire, XfrmOutNoStates +${noStates1 - noStates0}`,
+  });
+
+  // restore: a new SPI and a new key on both ends at once
+  const statePath = path.join(rec.dir, 'state.json');
+  const { state: next, old, now } = rekeySa(state, { circuit: def.name, hop: k, dir: 'fwd' });
+  await saveState(statePath, next);
+  const { secret } = await loadOrCreateSecret(path.join(rec.dir, 'secret'));
+  const keys = new KdfKeySource(secret, next.salt);
+  const cfgs = buildConfigs(net, next);
+  const st = cfgs.get(client.name)!.states.find((s) => s.spi === now.spi)!;
+  const line = stateLine(st, keys, 'secret');
+  const delOld = `xfrm state delete src ${formatIPv4(st.src)} dst ${formatIPv4(st.dst)} proto esp spi 0x${old.spi.toString(16)}`;
+  for (const [node, lines] of [[client.name, [line]], [exitName, [delOld, line]]] as const) {
+    const t = await connectNode(rec, rec.layout.nodes.find((n) => n.name === node)!);
+    try {
+      const r = await t.exec(['ip', '-batch', '-'], { stdin: lines.join('\n') + '\n' });
+      if (r.exitCode !== 0) throw new LabError(`${t.label}: re-creating the SA failed: ${r.stderr.trim()}`);
+    } finally {
+      await t.close();
+    }
+  }
+  const ping2 = await nsExec(client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
+  const recv2 = Number(/(\d+) (?:packets )?received/.exec(ping2.stdout)?.[1] ?? 0);
+  out.push({
+    name: `circuit ${def.name} restored with a fresh SA (SPI 0x${old.spi.toString(16)} -> 0x${now.spi.toString(16)}, epoch ${old.epoch} -> ${now.epoch})`,
+    ok: recv2 >= 2 && now.spi !== old.spi,
+    detail: `${recv2}/3 pings answered`,
+  });
+  log(`  fail-closed capture: ${pkts.length} packets on ${client.name}'s wire, all ESP: ${pkts.every((p) => p.proto === 'esp')}`);
+  return out;
+}
+
+export function formatReport(r: LabTestReport): string {
+  const out: string[] = [];
+  for (const c of r.circuits) {
+    out.push(`\nCircuit ${c.circuit}: ${c.path.join(' -> ')}  (10 MiB at ${c.downloadMBps.toFixed(2)} MB/s)`);
+    out.push('  observation point        src -> dst                               proto  packets');
+    for (const o of c.observations) {
+      out.push(`  ${o.point.padEnd(24)} ${`${o.src} -> ${o.dst}`.padEnd(40)} ${o.proto.padEnd(6)} ${o.count}`);
+    }
+  }
+  const all = [...r.circuits.flatMap((c) => c.checks), ...r.failClosed];
+  const passed = all.filter((c) => c.ok).length;
+  out.push('', `${passed} passed, ${all.length - passed} failed`);
+  return out.join('\n') + '\n';
+}

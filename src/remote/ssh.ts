@@ -1,0 +1,129 @@
+/**
+ * SSH transport over ssh2: one connection per router, host key verified against a pinned key or
+ * known_hosts before authentication, connect and command timeouts, commands fed on stdin.
+ */
+import { promises as fs } from 'node:fs';
+import ssh2, { type ConnectConfig } from 'ssh2';
+const { Client } = ssh2;
+type Client = InstanceType<typeof Client>;
+import { hostField, parseKnownHosts, parsePinnedKey, verifyHostKey, type KnownHostEntry } from './known-hosts.js';
+import { shellJoin, TransportError, type ExecOptions, type ExecResult, type Transport } from './transport.js';
+
+export interface SshTarget {
+  node: string;
+  host: string;
+  port: number;
+  user: string;
+  /** pinned key from the topology ("ssh-ed25519 AAAA...") */
+  hostKey?: string;
+}
+
+export interface SshAuth {
+  /** private key file; otherwise the agent at SSH_AUTH_SOCK */
+  identityFile?: string;
+  agent?: string;
+  /** known_hosts files to consult (a pinned key, when present, wins) */
+  knownHosts: string[];
+  connectTimeoutMs?: number;
+  commandTimeoutMs?: number;
+}
+
+export async function loadKnownHosts(files: string[]): Promise<KnownHostEntry[]> {
+  const all: KnownHostEntry[] = [];
+  for (const f of files) {
+    try {
+      all.push(...parseKnownHosts(await fs.readFile(f, 'utf8')));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+  }
+  return all;
+}
+
+export class SshTransport implements Transport {
+  readonly label: string;
+  private constructor(
+    private readonly target: SshTarget,
+    private readonly client: Client,
+    private readonly commandTimeoutMs: number,
+  ) {
+    this.label = `${target.node} (ssh ${target.user}@${target.host}:${target.port})`;
+  }
+
+  static async connect(target: SshTarget, auth: SshAuth, known?: KnownHostEntry[]): Promise<SshTransport> {
+    const entries = known ?? (await loadKnownHosts(auth.knownHosts));
+    const label = `${target.node} (${target.host}:${target.port})`;
+    let refusal: string | undefined;
+    const hostVerifier = (key: Buffer): boolean => {
+      if (target.hostKey) {
+        const pinned = parsePinnedKey(target.hostKey);
+        if (pinned.equals(key)) return true;
+        const v = verifyHostKey([{ hosts: '*', keyType: '', key: pinned, line: 0 }], ['*'], key, label);
+        refusal = v.ok ? undefined : `${v.message.replace('known_hosts line 0', 'the pinned ssh.hostKey')}`;
+        return false;
+      }
+      const v = verifyHostKey(entries, [hostField(target.host, target.port)], key, label);
+      if (!v.ok) refusal = v.message;
+      return v.ok;
+    };
+    const cfg: ConnectConfig = {
+      host: target.host,
+      port: target.port,
+      username: target.user,
+      readyTimeout: auth.connectTimeoutMs ?? 10_000,
+      hostVerifier,
+      keepaliveInterval: 5_000,
+      keepaliveCountMax: 3,
+    };
+    if (auth.identityFile) cfg.privateKey = await fs.readFile(auth.identityFile);
+    else if (auth.agent ?? process.env.SSH_AUTH_SOCK) cfg.agent = auth.agent ?? process.env.SSH_AUTH_SOCK!;
+    else throw new TransportError(target.node, `${label}: no SSH identity: pass --identity FILE or run an ssh-agent`);
+
+    const client = new Client();
+    await new Promise<void>((resolve, reject) => {
+      client.once('ready', () => resolve());
+      client.once('error', (err: Error & { level?: string }) => {
+        if (refusal) reject(new TransportError(target.node, refusal, { cause: err }));
+        else if (err.level === 'client-authentication') reject(new TransportError(target.node, `${label}: authentication refused for user ${target.user}`, { cause: err }));
+        else if (err.level === 'client-timeout') reject(new TransportError(target.node, `${label}: connection timed out`, { cause: err }));
+        else reject(new TransportError(target.node, `${label}: ${err.message}`, { cause: err }));
+      });
+      client.connect(cfg);
+    });
+    return new SshTransport(target, client, auth.commandTimeoutMs ?? 120_000);
+  }
+
+  exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    const command = shellJoin(argv);
+    const timeoutMs = opts.timeoutMs ?? this.commandTimeoutMs;
+    return new Promise((resolve, reject) => {
+      this.client.exec(command, (err, stream) => {
+        if (err) {
+          reject(new TransportError(this.target.node, `${this.label}: cannot start "${argv.join(' ')}": ${err.message}`, { cause: err }));
+          return;
+        }
+        const out: Buffer[] = [];
+        const errb: Buffer[] = [];
+        let code: number | undefined;
+        const timer = setTimeout(() => {
+          stream.close();
+          reject(new TransportError(this.target.node, `${this.label}: "${argv.join(' ')}" timed out after ${timeoutMs} ms`));
+        }, timeoutMs);
+        stream.on('data', (d: Buffer) => out.push(d));
+        stream.stderr.on('data', (d: Buffer) => errb.push(d));
+        stream.on('exit', (c: number | null) => {
+          code = c ?? 255;
+        });
+        stream.on('close', () => {
+          clearTimeout(timer);
+          resolve({ exitCode: code ?? 255, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errb).toString('utf8') });
+        });
+        stream.end(opts.stdin ?? '');
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    this.client.end();
+  }
+}
