@@ -1,0 +1,377 @@
+/**
+ * The SPD builder (src/spd/build.ts): for every circuit, the policies, SAs, routes, sysctls and
+ * SNAT on the client, each mix and the exit, as XFRM-FACTS.md describes them. Expectations are
+ * derived here from the state (hops, A_ci, SAs) and the topology, not from buildConfigs.
+ */
+import { describe, expect, test } from '@jest/globals';
+import { readFileSync } from 'node:fs';
+import { KdfKeySource } from '../../src/keys/kdf.js';
+import { PROFILES, innerMtu, mssFor, nestedMtu, type CryptoProfile } from '../../src/keys/profiles.js';
+import { PRIORITY_BLOCK, PRIORITY_CIRCUIT, REPLAY_WINDOW, type NodeConfig, type XfrmPolicy, type XfrmTmpl } from '../../src/model/config.js';
+import { formatCidr, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../../src/net/addr.js';
+import { rngFactory } from '../../src/pathselect/rng.js';
+import { computePlan, type Plan } from '../../src/plan/plan.js';
+import { stateLine } from '../../src/render/render.js';
+import { emptyState, type SaRecord, type State } from '../../src/state/model.js';
+import type { Net } from '../../src/topology/net.js';
+import { buildConfigs } from '../../src/spd/build.js';
+import { K2_YAML, K4_YAML, exampleNet, examplePath, netFromYaml } from '../helpers/net.js';
+
+const SALT = '5a'.repeat(32);
+
+function plan(net: Net, seed = 'spd'): Plan {
+  return computePlan({ net, state: emptyState(SALT), rngFor: rngFactory(seed), now: '2024-01-01T00:00:00Z' });
+}
+
+const ip = formatIPv4;
+const t = (x: XfrmTmpl) => `${ip(x.src)}>${ip(x.dst)}#${x.reqid.toString(16)}`;
+const host = (a: number): Cidr => ({ base: a, len: 32 });
+const sel = (p: XfrmPolicy) => `${formatCidr(p.src)} ${formatCidr(p.dst)}${p.proto ? ` ${p.proto}` : ''} ${p.dir}`;
+
+/** The kernel's esp4 MTU formula, written out independently of profiles.ts. */
+function kernelInner(mtu: number, iv: number, icv: number, block: number): number {
+  const align = Math.max(4, Math.ceil(block / 4) * 4);
+  return (Math.floor((mtu - (8 + iv + 20) - icv) / align) * align) - 2;
+}
+
+/** Checks one plan against the paper's scheme (XFRM-FACTS.md, "One working circuit"). */
+function checkPlan(net: Net, p: Plan): void {
+  const s: State = p.state;
+  const cfg = (n: string): NodeConfig => {
+    const c = p.configs.get(n);
+    expect(c).toBeDefined();
+    return c!;
+  };
+  const addr = (n: string) => net.nodes.get(n)!.underlay.addr;
+  const linkSa = (from: string, to: string): SaRecord => {
+    const l = Object.values(s.links).find((x) => (x.a === from && x.b === to) || (x.a === to && x.b === from));
+    expect(l).toBeDefined();
+    return l!.a === from ? l!.ab : l!.ba;
+  };
+  const ov = (from: string, to: string): XfrmTmpl => ({ src: addr(from), dst: addr(to), reqid: linkSa(from, to).reqid });
+  const find = (node: string, src: Cidr, dst: Cidr, dir: XfrmPolicy['dir'], action: XfrmPolicy['action'] = 'allow') => {
+    const hits = cfg(node).policies.filter(
+      (x) => x.dir === dir && x.action === action && formatCidr(x.src) === formatCidr(src) && formatCidr(x.dst) === formatCidr(dst),
+    );
+    expect({ node, sel: `${formatCidr(src)} ${formatCidr(dst)} ${dir} ${action}`, n: hits.length }).toEqual({
+      node,
+      sel: `${formatCidr(src)} ${formatCidr(dst)} ${dir} ${action}`,
+      n: 1,
+    });
+    return hits[0]!;
+  };
+  const expectTmpls = (pol: XfrmPolicy, want: XfrmTmpl[]) => expect({ sel: sel(pol), tmpls: pol.tmpls.map(t) }).toEqual({ sel: sel(pol), tmpls: want.map(t) });
+
+  const expectedPolicies = new Map<string, number>();
+  const expectedRoutes = new Map<string, number>();
+  const bump = (m: Map<string, number>, n: string, by: number) => m.set(n, (m.get(n) ?? 0) + by);
+  const profile = PROFILES[net.crypto];
+
+  for (const def of net.circuits) {
+    const c = s.circuits[def.name]!;
+    const k = c.hops.length;
+    expect(k).toBe(def.hops);
+    const A = c.addrs.map(parseIPv4);
+    const dests = c.to.map(parseCidr);
+    const client = c.client;
+    const hop = (i: number) => c.hops[i - 1]!; // 1-based, as in the paper
+    const tf = (i: number): XfrmTmpl => ({ src: A[i - 1]!, dst: addr(hop(i)), reqid: c.fwd[i - 1]!.reqid });
+    const tr = (i: number): XfrmTmpl => ({ src: addr(hop(i)), dst: A[i - 1]!, reqid: c.rev[i - 1]!.reqid });
+    const entry = hop(1);
+
+    // ---- client
+    const cc = cfg(client);
+    const outT: XfrmTmpl[] = [];
+    const inT: XfrmTmpl[] = [];
+    for (let i = k; i >= 1; i--) {
+      outT.push(tf(i));
+      inT.push(tr(i));
+    }
+    outT.push(ov(client, entry));
+    inT.push(ov(entry, client));
+    const clientMtu = net.clients.get(client)!.underlay.mtu;
+    const mtu = nestedMtu(profile, clientMtu, k + 1);
+    let km = clientMtu;
+    for (let i = 0; i < k + 1; i++) km = kernelInner(km, profile.ivLen, profile.icvLen, profile.blockSize);
+    expect(mtu).toBe(km);
+    for (const d of dests) {
+      const out = find(client, host(A[k - 1]!), d, 'out');
+      expect(out.priority).toBe(PRIORITY_CIRCUIT);
+      expect(out.tmpls).toHaveLength(k + 1);
+      expectTmpls(out, outT);
+      const inn = find(client, d, host(A[k - 1]!), 'in');
+      expect(inn.priority).toBe(PRIORITY_CIRCUIT);
+      expectTmpls(inn, inT);
+      const block = find(client, { base: 0, len: 0 }, d, 'out', 'block');
+      expect(block.tmpls).toEqual([]);
+      expect(block.priority).toBe(PRIORITY_BLOCK);
+      expect(block.priority).toBeGreaterThan(out.priority); // larger number = lower precedence
+      const routes = cc.routes.filter((r) => formatCidr(r.dst) === formatCidr(d));
+      expect(routes).toHaveLength(1);
+      expect(routes[0]).toMatchObject({ via: addr(entry), dev: net.clients.get(client)!.underlay.name, src: A[k - 1], mtu, advmss: mtu - 40 });
+      bump(expectedPolicies, client, 3);
+      bump(expectedRoutes, client, 1);
+    }
+    expect(cc.addresses.filter((a) => a.comment.startsWith(`circuit ${def.name}:`)).map((a) => [ip(a.addr), a.dev])).toEqual(
+      c.addrs.map((a) => [a, 'lo']),
+    );
+
+    // ---- mixes
+    for (let i = 1; i < k; i++) {
+      const me = hop(i);
+      const prev = i === 1 ? client : hop(i - 1);
+      const next = hop(i + 1);
+      const fwdSrc = host(A[i]!); // A_c(i+1)
+      const nextH = host(addr(next));
+      const f = find(me, fwdSrc, nextH, 'fwd');
+      expect(f.proto).toBe('esp');
+      expectTmpls(f, [tf(i), ov(prev, me)]);
+      const o = find(me, fwdSrc, nextH, 'out');
+      expect(o.proto).toBe('esp');
+      expectTmpls(o, [ov(me, next)]);
+      const rf = find(me, nextH, fwdSrc, 'fwd');
+      expect(rf.proto).toBe('esp');
+      expectTmpls(rf, [ov(next, me)]);
+      const ro = find(me, nextH, fwdSrc, 'out');
+      expect(ro.proto).toBe('esp');
+      expectTmpls(ro, [tr(i), ov(me, prev)]);
+      for (const x of [f, o, rf, ro]) expect(x.priority).toBe(PRIORITY_CIRCUIT);
+      bump(expectedPolicies, me, 4);
+      const dev = net.routers.get(me)!.underlay.name;
+      for (const a of [A[i - 1]!, A[i]!]) {
+        const r = cfg(me).routes.filter((x) => formatCidr(x.dst) === formatCidr(host(a)));
+        expect(r).toHaveLength(1);
+        expect(r[0]).toMatchObject({ via: addr(prev), dev });
+        expect(r[0]!.src).toBeUndefined();
+      }
+      bump(expectedRoutes, me, 2);
+    }
+
+    // ---- exit
+    const exitName = hop(k);
+    const exit = net.routers.get(exitName)!;
+    expect(exit.exit).toBeDefined();
+    const prev = k === 1 ? client : hop(k - 1);
+    for (const d of dests) {
+      expectTmpls(find(exitName, host(A[k - 1]!), d, 'fwd'), [tf(k), ov(prev, exitName)]);
+      expectTmpls(find(exitName, d, host(A[k - 1]!), 'out'), [tr(k), ov(exitName, prev)]);
+      bump(expectedPolicies, exitName, 2);
+    }
+    const er = cfg(exitName).routes.filter((x) => formatCidr(x.dst) === formatCidr(host(A[k - 1]!)));
+    expect(er).toHaveLength(1);
+    expect(er[0]).toMatchObject({ via: addr(prev), dev: exit.underlay.name });
+    bump(expectedRoutes, exitName, 1);
+    const snat = cfg(exitName).firewall.snat.filter((x) => formatCidr(x.src) === formatCidr(host(A[k - 1]!)));
+    expect(snat).toHaveLength(1);
+    expect(snat[0]).toMatchObject({ outIf: exit.exit!.iface.name, to: exit.exit!.addr });
+    expect(cfg(exitName).firewall.backend).toBe(exit.exit!.nat);
+  }
+
+  // no policies or routes beyond the ones the scheme calls for
+  for (const [n, c] of p.configs) {
+    expect({ n, policies: c.policies.length }).toEqual({ n, policies: expectedPolicies.get(n) ?? 0 });
+    expect({ n, routes: c.routes.length }).toEqual({ n, routes: expectedRoutes.get(n) ?? 0 });
+  }
+
+  // sysctls on the routers that carry circuits, none on clients
+  const onCircuit = new Set(Object.values(s.circuits).flatMap((c) => c.hops));
+  for (const [n, c] of p.configs) {
+    const r = net.routers.get(n);
+    if (r && onCircuit.has(n)) {
+      expect(c.sysctls).toEqual(
+        expect.arrayContaining([
+          { key: 'net.ipv4.ip_forward', value: '1' },
+          { key: 'net.ipv4.conf.all.rp_filter', value: '2' },
+          { key: `net.ipv4.conf.${r.underlay.name}.rp_filter`, value: '2' },
+        ]),
+      );
+    } else expect({ n, sysctls: c.sysctls }).toEqual({ n, sysctls: [] });
+  }
+
+  // every SA on exactly its two end-points, identical on both
+  const bySpi = new Map<number, { node: string; st: NodeConfig['states'][number] }[]>();
+  for (const [n, c] of p.configs) {
+    for (const st of c.states) bySpi.set(st.spi, [...(bySpi.get(st.spi) ?? []), { node: n, st }]);
+  }
+  const totalSas = Object.keys(s.links).length * 2 + Object.values(s.circuits).reduce((a, c) => a + 2 * c.hops.length, 0);
+  expect(bySpi.size).toBe(totalSas);
+  const owned = (n: string) => new Set([addr(n), ...p.configs.get(n)!.addresses.map((a) => a.addr)]);
+  for (const [spi, list] of bySpi) {
+    expect({ spi, nodes: list.length }).toEqual({ spi, nodes: 2 });
+    const [a, b] = list as [(typeof list)[0], (typeof list)[0]];
+    expect(a.node).not.toBe(b.node);
+    expect(a.st).toEqual(b.st);
+    expect(a.st.reqid).toBe(spi); // one counter each, moved together: they stay equal from a fresh state
+    expect(a.st.replayWindow).toBe(REPLAY_WINDOW);
+    for (const { node, st } of list) {
+      const mine = owned(node);
+      expect({ node, spi, endpoint: mine.has(st.src) || mine.has(st.dst) }).toEqual({ node, spi, endpoint: true });
+    }
+  }
+  // every template refers to an SA installed on that node with the same src/dst
+  for (const [n, c] of p.configs) {
+    const sas = new Set(c.states.map((st) => `${ip(st.src)}>${ip(st.dst)}#${st.reqid.toString(16)}`));
+    for (const pol of c.policies) for (const x of pol.tmpls) expect({ n, tmpl: t(x), installed: sas.has(t(x)) }).toEqual({ n, tmpl: t(x), installed: true });
+  }
+}
+
+describe('SPD on examples/three-mixes.yaml', () => {
+  const net = exampleNet('three-mixes.yaml');
+  const p = plan(net);
+
+  test('follows the scheme on every node', () => checkPlan(net, p));
+
+  test('the concrete configuration of the quick-start network', () => {
+    const c = p.state.circuits.web!;
+    expect(c.hops).toEqual(['or1', 'or2', 'or3']);
+    expect(c.addrs).toEqual(['100.64.1.1', '100.64.2.1', '100.64.3.1']);
+    const alice = p.configs.get('alice')!;
+    expect(alice.policies.map(sel)).toEqual(['0.0.0.0/0 203.0.113.80/32 out', '100.64.3.1/32 203.0.113.80/32 out', '203.0.113.80/32 100.64.3.1/32 in']);
+    expect(alice.policies[1]!.tmpls.map((x) => `${ip(x.src)}>${ip(x.dst)}`)).toEqual([
+      '100.64.3.1>198.51.100.13',
+      '100.64.2.1>198.51.100.12',
+      '100.64.1.1>198.51.100.11',
+      '198.51.100.10>198.51.100.11',
+    ]);
+    expect(alice.routes).toEqual([
+      expect.objectContaining({ dst: parseCidr('203.0.113.80/32'), via: parseIPv4('198.51.100.11'), dev: 'eth0', src: parseIPv4('100.64.3.1'), mtu: 1278, advmss: 1238 }),
+    ]);
+    expect(p.configs.get('or2')!.routes.map((r) => `${formatCidr(r.dst)} via ${ip(r.via)}`)).toEqual([
+      '100.64.2.1/32 via 198.51.100.11',
+      '100.64.3.1/32 via 198.51.100.11',
+    ]);
+    expect(p.configs.get('or3')!.firewall.snat).toEqual([
+      expect.objectContaining({ src: parseCidr('100.64.3.1/32'), outIf: 'eth1', to: parseIPv4('203.0.113.1') }),
+    ]);
+    // alice: 3 circuit SAs each way + the overlay pair to or1
+    expect(alice.states).toHaveLength(8);
+    expect(p.configs.get('or1')!.states).toHaveLength(6); // overlays to alice and or2, own telescope pair
+    expect(p.configs.get('or3')!.states).toHaveLength(4);
+    expect(p.configs.get('alice')!.sysctls).toEqual([]);
+  });
+
+  test('the exit forwards only what its allow list admits and drops the rest of the circuit', () => {
+    const fw = p.configs.get('or3')!.firewall.forward;
+    const accepts = fw.filter((r) => r.action === 'accept' && !r.established);
+    expect(accepts.map((r) => [formatCidr(r.src), formatCidr(r.dst), r.proto, r.ports ?? null])).toEqual([
+      ['100.64.3.1/32', '203.0.113.80/32', 'tcp', [80, 443]],
+      ['100.64.3.1/32', '203.0.113.80/32', 'icmp', null],
+    ]);
+    const drop = fw.findIndex((r) => r.action === 'drop');
+    expect(fw[drop]).toMatchObject({ src: parseCidr('100.64.3.1/32'), dst: { base: 0, len: 0 }, proto: 'any' });
+    expect(drop).toBeGreaterThan(fw.indexOf(accepts[accepts.length - 1]!));
+    expect(fw.filter((r) => r.established)).toEqual([expect.objectContaining({ src: parseCidr('203.0.113.80/32'), dst: parseCidr('100.64.3.1/32') })]);
+  });
+
+  test('a mix forwards only its circuits\' inner ESP packets', () => {
+    expect(p.configs.get('or1')!.firewall.forward.map((r) => `${formatCidr(r.src)} ${formatCidr(r.dst)} ${r.proto} ${r.action}`)).toEqual([
+      '100.64.2.1/32 198.51.100.12/32 esp accept',
+      '198.51.100.12/32 100.64.2.1/32 esp accept',
+    ]);
+  });
+
+  test('the example file still says what the test assumes', () => {
+    expect(readFileSync(examplePath('three-mixes.yaml'), 'utf8')).toMatch(/hops: 3/);
+  });
+});
+
+describe('SPD with k=2 (two destinations)', () => {
+  const net = netFromYaml(K2_YAML);
+  const p = plan(net);
+  test('follows the scheme on every node', () => checkPlan(net, p));
+  test('one out, one in and one block policy per destination; 3 layers -> inner MTU 1334', () => {
+    const alice = p.configs.get('alice')!;
+    expect(alice.policies.filter((x) => x.dir === 'out' && x.action === 'allow')).toHaveLength(2);
+    expect(alice.policies.filter((x) => x.dir === 'out' && x.action === 'block')).toHaveLength(2);
+    expect(alice.policies.filter((x) => x.dir === 'in')).toHaveLength(2);
+    for (const x of alice.policies.filter((y) => y.action === 'allow')) expect(x.tmpls).toHaveLength(3);
+    expect(alice.routes.map((r) => [r.mtu, r.advmss])).toEqual([
+      [1334, 1294],
+      [1334, 1294],
+    ]);
+    // or1 is a mix (4 policies), or2 the exit (2 per destination)
+    expect(p.configs.get('or1')!.policies).toHaveLength(4);
+    expect(p.configs.get('or2')!.policies).toHaveLength(4);
+  });
+  test('the exit splits each destination by the allow rules that overlap it', () => {
+    const accepts = p.configs.get('or2')!.firewall.forward.filter((r) => r.action === 'accept' && !r.established);
+    expect(accepts.map((r) => `${formatCidr(r.dst)} ${r.proto}`)).toEqual(['203.0.113.80/32 tcp', '192.0.2.0/28 any']);
+    expect(accepts[0]!.ports).toEqual([80, 443, '8000-8080']);
+  });
+});
+
+describe('SPD with k=4 (two clients, shared routers, an nftables exit)', () => {
+  for (const seed of ['k4-a', 'k4-b', 'k4-c', 'k4-d']) {
+    test(`follows the scheme on every node (seed ${seed})`, () => {
+      const net = netFromYaml(K4_YAML);
+      const p = plan(net, seed);
+      expect(Object.values(p.state.circuits).every((c) => c.hops.length === 4)).toBe(true);
+      checkPlan(net, p);
+    });
+  }
+  test('5 GCM layers: 1222 on a 1500 underlay, 1122 on bob\'s 1400', () => {
+    const net = netFromYaml(K4_YAML);
+    const p = plan(net);
+    expect(new Set(p.configs.get('alice')!.routes.map((r) => r.mtu))).toEqual(new Set([1222]));
+    expect(p.configs.get('bob')!.routes.map((r) => [r.mtu, r.advmss])).toEqual([[1122, 1082]]);
+    for (const x of p.configs.get('alice')!.policies.filter((y) => y.action === 'allow')) expect(x.tmpls).toHaveLength(5);
+  });
+});
+
+describe('crypto profiles', () => {
+  test('inner MTU follows the kernel formula: 1278 for 4 GCM layers over 1500', () => {
+    const gcm = PROFILES['aes-gcm'];
+    expect(nestedMtu(gcm, 1500, 4)).toBe(1278);
+    expect([1, 2, 3, 4, 5].map((n) => nestedMtu(gcm, 1500, n))).toEqual([1446, 1390, 1334, 1278, 1222]);
+    expect(innerMtu(gcm, 1500)).toBe(1446);
+    expect(mssFor(1278)).toBe(1238);
+    const cbc = PROFILES['aes-cbc-hmac-sha1'];
+    // 16-byte IV, 12-byte ICV, payload aligned to the 16-byte block
+    expect([1, 2, 3, 4].map((n) => nestedMtu(cbc, 1500, n))).toEqual([1438, 1374, 1310, 1246]);
+    for (const p of [gcm, cbc] as CryptoProfile[]) {
+      for (let mtu = 1280; mtu <= 1500; mtu += 7) expect(innerMtu(p, mtu)).toBe(kernelInner(mtu, p.ivLen, p.icvLen, p.blockSize));
+    }
+  });
+
+  test('aes-cbc-hmac-sha1 renders enc cbc(aes) + auth-trunc hmac(sha1) 96, with 16- and 20-byte keys', () => {
+    const yaml = readFileSync(examplePath('three-mixes.yaml'), 'utf8').replace('crypto: aes-gcm', 'crypto: aes-cbc-hmac-sha1');
+    const net = netFromYaml(yaml);
+    expect(net.crypto).toBe('aes-cbc-hmac-sha1');
+    const p = plan(net);
+    checkPlan(net, p);
+    expect(p.configs.get('alice')!.routes[0]).toMatchObject({ mtu: 1246, advmss: 1206 });
+    const keys = new KdfKeySource(Buffer.alloc(32, 7), SALT);
+    for (const st of p.configs.get('or2')!.states) {
+      expect(st.profile).toBe('aes-cbc-hmac-sha1');
+      const key = keys.key(st.key, 36);
+      const secret = stateLine(st, keys, 'secret');
+      expect(secret).toMatch(/ mode tunnel replay-window 32 enc cbc\(aes\) 0x[0-9a-f]{32} auth-trunc hmac\(sha1\) 0x[0-9a-f]{40} 96$/);
+      expect(secret).toContain(`enc cbc(aes) 0x${key.subarray(0, 16).toString('hex')} auth-trunc hmac(sha1) 0x${key.subarray(16).toString('hex')} 96`);
+      expect(stateLine(st, keys, 'redacted')).toMatch(/ enc cbc\(aes\) redacted:fp=[0-9a-f]{12} auth-trunc hmac\(sha1\) redacted:fp=[0-9a-f]{12} 96$/);
+    }
+  });
+
+  test('aes-gcm renders rfc4106(gcm(aes)) with a 36-byte key and a 128-bit ICV', () => {
+    const net = exampleNet('three-mixes.yaml');
+    const p = plan(net);
+    const keys = new KdfKeySource(Buffer.alloc(32, 7), SALT);
+    const st = p.configs.get('or1')!.states[0]!;
+    expect(stateLine(st, keys, 'secret')).toMatch(/ aead rfc4106\(gcm\(aes\)\) 0x[0-9a-f]{72} 128$/);
+  });
+});
+
+describe('buildConfigs refuses an inconsistent state', () => {
+  test('a circuit of the topology missing from the state', () => {
+    const net = exampleNet('three-mixes.yaml');
+    const p = plan(net);
+    const s = structuredClone(p.state);
+    delete s.circuits.web;
+    expect(() => buildConfigs(net, s)).toThrow(/circuit web has no path in the state/);
+  });
+  test('an overlay link a circuit needs missing from the state', () => {
+    const p = plan(exampleNet('three-mixes.yaml'));
+    const s = structuredClone(p.state);
+    delete s.links['or1~or2'];
+    expect(() => buildConfigs(exampleNet('three-mixes.yaml'), s)).toThrow(/no overlay link or1 - or2/);
+  });
+});
