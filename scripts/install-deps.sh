@@ -14,6 +14,7 @@ check iptables-legacy iptables
 check nft nftables
 check dot graphviz
 check curl curl
+check rsvg-convert librsvg2-bin
 check ip iproute2
 if [ -n "$need" ]; then
   if [ "$(id -u)" != 0 ]; then
