@@ -10,7 +10,7 @@
  * Keys never leave this module except towards an apply script (0600) or the kernel; plans and
  * diffable files show `fingerprint(key)`.
  */
-import { createHash, hkdfSync } from 'node:crypto';
+import { createHash, createSecretKey, hkdfSync, type KeyObject } from 'node:crypto';
 
 export interface SaKeyId {
   /** stable identity, e.g. link:or1>or2 or circuit:web:g1:hop2:fwd */
@@ -29,15 +29,15 @@ export function kdfInfo(sa: SaKeyId, bytes: number): string {
 
 export class KdfKeySource implements KeySource {
   private readonly salt: Buffer;
-  constructor(
-    private readonly secret: Buffer,
-    saltHex: string,
-  ) {
+  /** the secret as a KeyObject once, rather than hkdfSync converting the Buffer on every call */
+  private readonly secretKey: KeyObject;
+  constructor(secret: Buffer, saltHex: string) {
     if (secret.length < 32) throw new Error('the key secret must be at least 32 bytes');
     this.salt = Buffer.from(saltHex, 'hex');
+    this.secretKey = createSecretKey(secret);
   }
   key(sa: SaKeyId, bytes: number): Buffer {
-    return Buffer.from(hkdfSync('sha256', this.secret, this.salt, kdfInfo(sa, bytes), bytes));
+    return Buffer.from(hkdfSync('sha256', this.secretKey, this.salt, kdfInfo(sa, bytes), bytes));
   }
 }
 

@@ -40,25 +40,22 @@ export function exitAdmits(r: RouterNode, to: readonly Cidr[]): boolean {
   return to.every((d) => r.exit!.allow.some((a) => cidrContains(a.to, d)));
 }
 
+/**
+ * The hops of the path walked so far (at most HOPS_MAX). The distinctness checks scan it: for
+ * k <= 4 that is cheaper than keeping counting maps up to date at every step of the walk.
+ */
 interface Walk {
-  used: Set<string>;
-  ops: Map<string, number>;
-  countries: Map<string, number>;
-  nets: Map<number, number>;
-}
-
-function inc<K>(m: Map<K, number>, k: K): void {
-  m.set(k, (m.get(k) ?? 0) + 1);
-}
-function dec<K>(m: Map<K, number>, k: K): void {
-  const v = (m.get(k) ?? 0) - 1;
-  if (v <= 0) m.delete(k);
-  else m.set(k, v);
+  hops: RouterNode[];
 }
 
 /** A compiled, reusable eligibility walker over one network and one set of constraints. */
 export class PathSpace {
-  private readonly exitOk = new Set<string>();
+  /**
+   * exitAdmits per router, memoised. Filled lazily, only for the routers a walk reaches as last
+   * hop: computing it for every router up front made each PathSpace O(routers), and planning
+   * (one PathSpace per circuit) O(routers x circuits).
+   */
+  private readonly exitMemo = new Map<string, boolean>();
   private readonly neighbours = new Map<string, RouterNode[]>();
   private readonly entryRouters: RouterNode[];
 
@@ -66,11 +63,20 @@ export class PathSpace {
     private readonly net: Net,
     private readonly c: Constraints,
   ) {
-    for (const r of net.routers.values()) if (exitAdmits(r, c.to)) this.exitOk.add(r.name);
     this.entryRouters = [...new Set(c.entries)]
       .map((e) => net.routers.get(e))
       .filter((r): r is RouterNode => r !== undefined)
       .sort((a, b) => a.index - b.index);
+  }
+
+  private exitOk(name: string): boolean {
+    let ok = this.exitMemo.get(name);
+    if (ok === undefined) {
+      const r = this.net.routers.get(name);
+      ok = r !== undefined && exitAdmits(r, this.c.to);
+      this.exitMemo.set(name, ok);
+    }
+    return ok;
   }
 
   private nbrs(r: string): RouterNode[] {
@@ -86,33 +92,31 @@ export class PathSpace {
   }
 
   private fits(w: Walk, r: RouterNode): boolean {
-    if (w.used.has(r.name)) return false;
-    if (this.c.operators && w.ops.has(r.operator)) return false;
-    if (this.c.countries && (r.country === undefined || w.countries.has(r.country))) return false;
-    if (this.c.subnets16 && w.nets.has(slash16(r.underlay.addr))) return false;
+    if (this.c.countries && r.country === undefined) return false;
+    const net16 = slash16(r.underlay.addr);
+    for (const h of w.hops) {
+      if (h.name === r.name) return false;
+      if (this.c.operators && h.operator === r.operator) return false;
+      if (this.c.countries && h.country === r.country) return false;
+      if (this.c.subnets16 && slash16(h.underlay.addr) === net16) return false;
+    }
     return true;
   }
 
   private push(w: Walk, r: RouterNode): void {
-    w.used.add(r.name);
-    inc(w.ops, r.operator);
-    if (r.country) inc(w.countries, r.country);
-    inc(w.nets, slash16(r.underlay.addr));
+    w.hops.push(r);
   }
-  private pop(w: Walk, r: RouterNode): void {
-    w.used.delete(r.name);
-    dec(w.ops, r.operator);
-    if (r.country) dec(w.countries, r.country);
-    dec(w.nets, slash16(r.underlay.addr));
+  private pop(w: Walk, _r: RouterNode): void {
+    w.hops.pop();
   }
 
   private newWalk(): Walk {
-    return { used: new Set(), ops: new Map(), countries: new Map(), nets: new Map() };
+    return { hops: [] };
   }
 
   /** number of eligible completions of a walk that has `depth` hops, the last being `at` */
   private countFrom(w: Walk, at: RouterNode, depth: number, cap: number): number {
-    if (depth === this.c.k) return this.exitOk.has(at.name) ? 1 : 0;
+    if (depth === this.c.k) return this.exitOk(at.name) ? 1 : 0;
     let n = 0;
     for (const r of this.nbrs(at.name)) {
       if (!this.fits(w, r)) continue;
@@ -148,7 +152,7 @@ export class PathSpace {
         if (!this.fits(w, next)) continue;
         this.push(w, next);
         path.push(next);
-        const n = depth + 1 === this.c.k ? (this.exitOk.has(next.name) ? 1 : 0) : this.countFrom(w, next, depth + 1, Number.MAX_SAFE_INTEGER);
+        const n = depth + 1 === this.c.k ? (this.exitOk(next.name) ? 1 : 0) : this.countFrom(w, next, depth + 1, Number.MAX_SAFE_INTEGER);
         if (r < n) {
           if (depth + 1 === this.c.k || go(next, depth + 1)) return true;
         }
@@ -181,7 +185,7 @@ export class PathSpace {
       if (!this.fits(w, r)) return `hop ${r.name} breaks a distinctness constraint`;
       this.push(w, r);
     }
-    if (!this.exitOk.has(path[path.length - 1]!)) return `exit ${path[path.length - 1]} no longer admits the circuit's destinations`;
+    if (!this.exitOk(path[path.length - 1]!)) return `exit ${path[path.length - 1]} no longer admits the circuit's destinations`;
     return undefined;
   }
 }
@@ -203,6 +207,9 @@ export class PathError extends Error {
  */
 export function diagnose(net: Net, c: CircuitDef): PathError | undefined {
   const full = constraintsFor(net, c);
+  // the common case first: a path under all constraints means none of the steps below can fail
+  // (each relaxes the full set), and this skips their scan over every router for the exits
+  if (new PathSpace(net, full).count(1) > 0) return undefined;
   const exits = [...net.routers.values()].filter((r) => exitAdmits(r, c.to));
   if (exits.length === 0) {
     const all = [...net.routers.values()].filter((r) => r.exit).map((r) => r.name);

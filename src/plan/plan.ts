@@ -3,7 +3,7 @@
  * No clock, no randomness but the injected RNG, no I/O.
  */
 import { createHash } from 'node:crypto';
-import type { KeySource } from '../keys/kdf.js';
+import type { KeySource, SaKeyId } from '../keys/kdf.js';
 import type { NodeConfig } from '../model/config.js';
 import type { RngFactory } from '../pathselect/rng.js';
 import { renderNode, type KeyMode, type RenderedFile, type Templates } from '../render/render.js';
@@ -63,8 +63,28 @@ export function renderAll(
   opts: { keys: KeySource; mode: KeyMode; templates: Templates; version: string },
 ): RenderedFile[] {
   const files: RenderedFile[] = [];
-  for (const cfg of plan.configs.values()) files.push(...renderNode(cfg, opts));
+  const keys = memoKeys(opts.keys);
+  for (const cfg of plan.configs.values()) files.push(...renderNode(cfg, { ...opts, keys }));
   return files;
+}
+
+/**
+ * Every SA is installed, and so rendered, on both of its ends: derive each key once per render
+ * pass instead of twice (HKDF was the largest single cost of rendering a big plan). buildConfigs
+ * gives both ends the same SaKeyId object, so the cache is keyed by that object; a hit also
+ * needs equal id, epoch, SPI and length, so a different SA can never get this one's key.
+ */
+function memoKeys(keys: KeySource): KeySource {
+  const cache = new WeakMap<SaKeyId, { id: string; epoch: number; spi: number; bytes: number; key: Buffer }>();
+  return {
+    key(sa, bytes) {
+      const hit = cache.get(sa);
+      if (hit && hit.id === sa.id && hit.epoch === sa.epoch && hit.spi === sa.spi && hit.bytes === bytes) return hit.key;
+      const key = keys.key(sa, bytes);
+      cache.set(sa, { id: sa.id, epoch: sa.epoch, spi: sa.spi, bytes, key });
+      return key;
+    },
+  };
 }
 
 /** A digest of the redacted files: changes whenever any generated file would change. */

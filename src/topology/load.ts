@@ -2,7 +2,7 @@
  * YAML text -> validated Topology, with every error located in the file (line:col).
  * Pure: the caller reads the file.
  */
-import { isMap, isPair, isScalar, isSeq, parseDocument, type Document, type Node as YNode } from 'yaml';
+import { isMap, isPair, isScalar, isSeq, parseDocument, visit, type Document, type Node as YNode } from 'yaml';
 import type { z } from 'zod';
 import { SourceText, TopologyError, type Diagnostic } from './diagnostics.js';
 import { TopologySchema, type Topology } from './schema.js';
@@ -64,6 +64,7 @@ function zodMessage(issue: z.core.$ZodIssue): string {
       if (issue.input === undefined) return `missing required key (${issue.expected})`;
       return `expected ${issue.expected}, got ${describe(issue.input)}`;
     case 'invalid_value':
+      if (issue.input === undefined) return `missing required key (${issue.values.map((v) => JSON.stringify(v)).join(' or ')})`;
       return `expected one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}, got ${describe(issue.input)}`;
     default:
       return issue.message;
@@ -83,10 +84,18 @@ export function parseTopology(text: string, file: string): LoadedTopology {
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false, strict: true });
   const yamlErrors = [...doc.errors];
   if (yamlErrors.length > 0) {
-    throw new TopologyError(yamlErrors.map((e) => source.at(e.pos[0], `YAML: ${firstLine(e.message)}`)));
+    throw new TopologyError(yamlErrors.map((e) => source.at(skipBlanks(text, e.pos[0]), `YAML: ${firstLine(e.message)}`)));
   }
-  const raw: unknown = doc.toJS({ maxAliasCount: 100 });
-  const parsed = TopologySchema.safeParse(raw ?? {});
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (e) {
+    // yaml throws (rather than reporting) on an alias to no anchor and on an alias bomb
+    throw new TopologyError([source.at(aliasBlame(doc), `YAML: ${firstLine((e as Error).message)}`)]);
+  }
+  // reportInput: zod 4 leaves `input` out of issues unless asked, and zodMessage() needs it to
+  // tell a wrong type from a missing key
+  const parsed = TopologySchema.safeParse(raw ?? {}, { reportInput: true });
   if (!parsed.success) {
     const diags: Diagnostic[] = [];
     for (const issue of parsed.error.issues) {
@@ -115,6 +124,31 @@ export function parseTopology(text: string, file: string): LoadedTopology {
     );
   }
   return { topology: parsed.data, source };
+}
+
+/** The first alias that resolves to nothing, else the first alias: where toJS gave up. */
+function aliasBlame(doc: Document): number {
+  let first: number | undefined;
+  let broken: number | undefined;
+  visit(doc, {
+    Alias(_, node) {
+      const at = node.range?.[0] ?? 0;
+      first ??= at;
+      if (node.resolve(doc) === undefined) {
+        broken = at;
+        return visit.BREAK;
+      }
+      return undefined;
+    },
+  });
+  return broken ?? first ?? 0;
+}
+
+/** yaml reports some indentation errors at the start of the line; point at the node instead. */
+function skipBlanks(text: string, offset: number): number {
+  let o = offset;
+  while (text[o] === ' ') o++;
+  return o < text.length && text[o] !== '\n' && text[o] !== '\r' ? o : offset;
 }
 
 function firstLine(s: string): string {

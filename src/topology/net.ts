@@ -72,6 +72,8 @@ export interface Net {
   hops: number;
   crypto: CryptoProfileName;
   keySource: 'kdf' | 'random';
+  /** topology-wide firewall backend; an exit may override it */
+  nat: NatBackend;
   quickack: boolean;
   routers: Map<string, RouterNode>;
   clients: Map<string, ClientNode>;
@@ -171,6 +173,7 @@ export function buildNet(t: Topology): Net {
     hops: t.hops,
     crypto: t.crypto,
     keySource: t.keys.source,
+    nat: t.nat,
     quickack: t.routeOptions?.quickack ?? false,
     routers,
     clients,

@@ -61,13 +61,21 @@ export async function loadOrCreateSecret(file: string): Promise<{ secret: Buffer
   if (await exists(file)) {
     await checkPrivate(file, 'key secret');
     const text = (await fs.readFile(file, 'utf8')).trim();
-    if (!/^[0-9a-f]{64,}$/.test(text)) throw new UserError(`key secret ${file} is not a hex string of at least 32 bytes`);
+    if (!/^(?:[0-9a-f]{2}){32,}$/.test(text)) throw new UserError(`key secret ${file} is not a hex string of at least 32 bytes`);
     return { secret: Buffer.from(text, 'hex'), created: false };
   }
   await fs.mkdir(path.dirname(file), { recursive: true });
   const secret = randomBytes(32);
-  // O_EXCL: never overwrite a secret that appeared meanwhile
-  const fh = await fs.open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600);
+  // O_EXCL: never overwrite a secret that appeared meanwhile; if another run created it first,
+  // use that one
+  const fh = await fs.open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o600).catch(async (e: NodeJS.ErrnoException) => {
+    if (e.code === 'EEXIST') return undefined;
+    throw e;
+  });
+  if (!fh) {
+    await new Promise((r) => setTimeout(r, 50));
+    return { ...(await loadOrCreateSecret(file)), created: false };
+  }
   try {
     await fh.writeFile(secret.toString('hex') + '\n');
     await fh.sync();
