@@ -51,6 +51,38 @@ export async function pushNode(t: Transport, f: NodeFiles, o: PushOptions = {}):
     await run(t, f.node, ['sysctl', '-q', '--load=-'], f.sysctl, 'sysctl');
   }
   await run(t, f.node, ['ip', '-batch', '-'], f.ip, 'ip -batch');
-  if (f.firewall.backend === 'nftables') await run(t, f.node, ['nft', '-f', '-'], f.firewall.content, 'nft -f');
-  else await run(t, f.node, [o.iptablesRestore ?? 'iptables-restore', '--noflush'], f.firewall.content, 'iptables-restore');
+  if (f.firewall.backend === 'nftables') {
+    await run(t, f.node, ['nft', '-f', '-'], f.firewall.content, 'nft -f');
+    return;
+  }
+  const restore = o.iptablesRestore ?? 'iptables-restore';
+  const saved = await t.exec([restore.replace(/-restore$/, '-save')]);
+  if (saved.exitCode !== 0) throw new TransportError(f.node, `${t.label}: iptables-save failed: ${saved.stderr.trim()}`);
+  await run(t, f.node, [restore, '--noflush'], withoutExistingJumps(f.firewall.content, saved.stdout), 'iptables-restore');
+}
+
+const JUMP = /^-A (\S+) -m comment --comment "?onionctl"? -j (ONIONCTL-\S+)$/;
+
+/**
+ * iptables-restore --noflush flushes onionctl's own chains when it declares them, but cannot
+ * "add a rule unless present" in a built-in chain: drop the jump lines that the router already
+ * has, so that applying twice leaves exactly one jump.
+ */
+export function withoutExistingJumps(input: string, iptablesSave: string): string {
+  const have = new Set<string>();
+  let table = '';
+  for (const line of iptablesSave.split('\n')) {
+    if (line.startsWith('*')) table = line.slice(1).trim();
+    const m = JUMP.exec(line.trim());
+    if (m) have.add(`${table} ${m[1]} ${m[2]}`);
+  }
+  table = '';
+  return input
+    .split('\n')
+    .filter((line) => {
+      if (line.startsWith('*')) table = line.slice(1).trim();
+      const m = JUMP.exec(line.trim());
+      return !(m && have.has(`${table} ${m[1]} ${m[2]}`));
+    })
+    .join('\n');
 }

@@ -1,136 +1,214 @@
 /**
- * `onionctl lab up|test|down|demo TOPOLOGY`. When this kernel cannot do ESP, the whole lab runs
- * inside a User-Mode Linux guest without being asked: this process boots (or re-attaches to) the
- * guest and runs the same command there with --here.
+ * `onionctl lab up|test|down|demo TOPOLOGY`.
+ *
+ * The outer command (this process, on this machine) creates the lab's controller namespace
+ * `oc-<id>-ctl`, decides where the lab kernel is, and runs the inner steps inside that
+ * namespace, so that the controller's SSH connections and every lab wire stay inside
+ * namespaces the lab created:
+ *   - this kernel has ESP: the inner steps build the lab in this kernel; the bridges live in
+ *     the ctl namespace;
+ *   - it has none (the usual case here): a User-Mode Linux guest boots inside the ctl
+ *     namespace with one network device (a tap there); the bridges and nodes live in the
+ *     guest, and the controller reaches their sshd through the tap.
+ * Either way the controller runs on this machine's fast kernel; only the routers' kernel
+ * is emulated.
  */
+import { randomBytes } from 'node:crypto';
 import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
+import { formatIPv4 } from '../net/addr.js';
 import { kernelHasEsp } from '../lab/esp-probe.js';
 import { formatReport, labTest } from '../lab/check.js';
-import { LAB_ROOT, topologyKey } from '../lab/record.js';
-import { findLab, labDown, labUp } from '../lab/run.js';
-import { attachGuest, bootGuest, findGuestProcesses, type Guest } from '../lab/uml.js';
+import { DirectHost, GuestHost, type LabHost } from '../lab/host.js';
+import { labLayout } from '../lab/layout.js';
+import { labDir, readPointer, readRecord, removePointer, writePointer, writeRecord, type LabRecord } from '../lab/record.js';
+import { labDownInner, labHasNft, labUpInner } from '../lab/run.js';
+import { attachGuest, bootGuest, findGuestProcesses } from '../lab/uml.js';
+import { buildNet } from '../topology/net.js';
+import { parseTopology } from '../topology/load.js';
 import { UserError } from '../util/files.js';
 
 export type LabSub = 'up' | 'test' | 'down' | 'demo';
 
 export interface LabOpts {
-  here?: boolean;
   seed?: string;
   json?: boolean;
+  /** internal: run the inner step (inside the ctl namespace) */
+  inner?: boolean;
 }
 
-const t0 = Date.now();
-const log = (s: string) => process.stdout.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${s}\n`);
-
-function inGuest(): boolean {
-  return process.env.ONIONCTL_LAB_GUEST === '1';
-}
-
-async function runHere(sub: LabSub, topology: string, o: LabOpts): Promise<number> {
-  const mode = inGuest() ? 'uml' : 'direct';
-  if (sub === 'up') {
-    await labUp(topology, { log, mode, ...(o.seed ? { seed: o.seed } : {}) });
-    return 0;
-  }
-  if (sub === 'down') {
-    await labDown(topology, log);
-    return 0;
-  }
-  if (sub === 'test') {
-    const rec = await findLab(topology);
-    const report = await labTest(rec, log);
-    if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
-    else process.stdout.write(formatReport(report));
-    return report.ok ? 0 : 1;
-  }
-  // demo: up, test, down, always down
-  await labUp(topology, { log, mode, ...(o.seed ? { seed: o.seed } : {}) });
-  try {
-    const report = await labTest(await findLab(topology), log);
-    process.stdout.write(formatReport(report));
-    return report.ok ? 0 : 1;
-  } finally {
-    await labDown(topology, log);
-  }
-}
-
-function umlDir(topology: string): string {
-  return path.join(LAB_ROOT, `uml-${topologyKey(topology)}`);
-}
+const t0 = Number(process.env.ONIONCTL_LAB_T0) || Date.now();
+/** progress goes to stderr; stdout carries the report (text or --json) */
+const log = (s: string) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(5)}s] ${s}\n`);
 
 function binPath(): string {
   return path.join(path.dirname(fileURLToPath(import.meta.url)), 'bin.js');
 }
 
-async function inGuestRun(g: Guest, sub: LabSub, topology: string, o: LabOpts): Promise<number> {
-  const argv = [process.execPath, binPath(), 'lab', sub, path.resolve(topology), '--here'];
-  if (o.seed) argv.push('--seed', o.seed);
-  if (o.json) argv.push('--json');
-  const r = await g.exec(argv, { env: { ONIONCTL_LAB_GUEST: '1' }, timeoutMs: 20 * 60_000 });
-  process.stdout.write(r.stdout);
-  process.stderr.write(r.stderr);
-  return r.exitCode;
+async function sh(argv: string[]): Promise<void> {
+  const r = await execa(argv[0]!, argv.slice(1), { reject: false });
+  if (r.exitCode !== 0) throw new UserError(`${argv.join(' ')} failed: ${String(r.stderr).trim()}`);
 }
 
-async function killLeftovers(dir: string): Promise<void> {
-  for (const pid of findGuestProcesses(dir)) {
+async function findRecord(topology: string): Promise<LabRecord | undefined> {
+  const id = await readPointer(path.resolve(topology));
+  return id ? readRecord(labDir(id)) : undefined;
+}
+
+/** Runs `onionctl lab SUB --inner` inside the lab's controller namespace. */
+async function runInner(rec: LabRecord, sub: LabSub, o: LabOpts): Promise<number> {
+  const argv = ['netns', 'exec', rec.ctlNs, process.execPath, binPath(), 'lab', sub, rec.topology, '--inner'];
+  if (o.json) argv.push('--json');
+  const r = await execa('ip', argv, { stdio: 'inherit', reject: false, env: { ONIONCTL_LAB_T0: String(t0) } });
+  return r.exitCode ?? 1;
+}
+
+async function innerHost(rec: LabRecord): Promise<LabHost> {
+  if (rec.mode === 'direct') return new DirectHost();
+  return new GuestHost(await attachGuest(rec.guestDir!));
+}
+
+async function inner(sub: LabSub, topology: string, o: LabOpts): Promise<number> {
+  const rec = await findRecord(topology);
+  if (!rec) throw new UserError(`no lab is up for ${topology}`);
+  const host = await innerHost(rec);
+  if (sub === 'up') {
+    await labUpInner(rec, host, log);
+    rec.status = 'up';
+    await writeRecord(rec);
+    return 0;
+  }
+  if (sub === 'down') {
+    await labDownInner(rec, host);
+    return 0;
+  }
+  const report = await labTest(rec, host, log);
+  if (o.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
+  else process.stdout.write(formatReport(report));
+  return report.ok ? 0 : 1;
+}
+
+/** Removes everything: inner namespaces, the guest, the ctl namespace, files. Never throws. */
+async function teardown(rec: LabRecord, withInner: boolean): Promise<void> {
+  // with User-Mode Linux, powering the guest off removes every namespace and process in it
+  if (withInner && rec.mode === 'direct') {
+    const guestAlive = rec.mode === 'direct' || (rec.guestDir !== undefined && findGuestProcesses(rec.guestDir).length > 0);
+    if (guestAlive) await runInner(rec, 'down', {}).catch(() => 1);
+  }
+  if (rec.mode === 'uml' && rec.guestDir) {
     try {
-      process.kill(pid, 'SIGKILL');
+      const g = await attachGuest(rec.guestDir, { timeoutMs: 5_000 });
+      await g.halt();
     } catch {
-      /* gone */
+      /* not running */
+    }
+    for (const pid of findGuestProcesses(rec.guestDir)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     }
   }
-  await fs.rm(dir, { recursive: true, force: true });
+  await execa('ip', ['netns', 'del', rec.ctlNs], { reject: false });
+  await fs.rm(rec.dir, { recursive: true, force: true });
+  await removePointer(rec.topology);
+}
+
+async function up(topology: string, o: LabOpts): Promise<LabRecord> {
+  const topo = path.resolve(topology);
+  const existing = await findRecord(topo);
+  if (existing) throw new UserError(`a lab for ${topology} is already up (id ${existing.id}); run: onionctl lab down ${topology}`);
+  const { topology: t } = parseTopology(await fs.readFile(topo, 'utf8'), topology);
+  const net = buildNet(t);
+  const id = randomBytes(2).toString('hex');
+  const layout = labLayout(net, id);
+  const esp = await kernelHasEsp();
+  const dir = labDir(id);
+  const rec: LabRecord = {
+    id,
+    topology: topo,
+    mode: esp ? 'direct' : 'uml',
+    dir,
+    ctlNs: `oc-${id}-ctl`,
+    ...(esp ? {} : { guestDir: path.join(dir, 'guest-uml'), tap: `oc${id}t` }),
+    status: 'creating',
+    created: new Date().toISOString(),
+    layout,
+    iptablesRestore: 'iptables-restore',
+    nftReplaced: [],
+    ...(o.seed ? { seed: o.seed } : {}),
+  };
+  await writeRecord(rec);
+  await writePointer(topo, id);
+  try {
+    await sh(['ip', 'netns', 'add', rec.ctlNs]);
+    await sh(['ip', '-n', rec.ctlNs, 'link', 'set', 'lo', 'up']);
+    let host: LabHost;
+    if (rec.mode === 'uml') {
+      log(`this kernel has no ESP: the lab's routers run in a User-Mode Linux guest (lab ${id})`);
+      await sh(['ip', '-n', rec.ctlNs, 'tuntap', 'add', 'dev', rec.tap!, 'mode', 'tap']);
+      await sh(['ip', '-n', rec.ctlNs, 'address', 'add', `${formatIPv4(layout.controllerMgmt)}/${layout.mgmtNet.len}`, 'dev', rec.tap!]);
+      await sh(['ip', '-n', rec.ctlNs, 'link', 'set', rec.tap!, 'up']);
+      const g = await bootGuest({ dir: rec.guestDir!, netns: rec.ctlNs, extraArgs: [`eth0=tuntap,${rec.tap}`] });
+      log(`guest booted (kernel ${g.info.kernel}, ${g.info.modules.length} modules)`);
+      host = new GuestHost(g);
+    } else {
+      log(`this kernel has ESP: the lab runs in namespaces here (lab ${id})`);
+      host = new DirectHost();
+    }
+    const nft = await labHasNft(host);
+    if (!nft) {
+      rec.iptablesRestore = 'iptables-legacy-restore';
+      rec.nftReplaced = [...net.routers.values()].filter((r) => (r.exit?.nat ?? net.nat) === 'nftables').map((r) => r.name);
+      for (const r of rec.nftReplaced) log(`note: the lab kernel has no nf_tables for IPv4; router ${r} uses iptables (legacy) in the lab`);
+    }
+    await writeRecord(rec);
+    log(`${layout.nodes.length} nodes, ${layout.servers.length} servers; building`);
+    // fault injection for the test that a failed `up` leaves nothing behind
+    if (process.env.ONIONCTL_LAB_FAIL === 'after-boot') throw new UserError('failing on purpose (ONIONCTL_LAB_FAIL=after-boot)');
+    const code = await runInner(rec, 'up', o);
+    if (code !== 0) throw new UserError('bringing the lab up failed (see above); everything it created was removed');
+    rec.status = 'up';
+    log(`lab ${id} is up: onionctl lab test ${topology}; onionctl lab down ${topology}`);
+    return rec;
+  } catch (e) {
+    log('removing what was created');
+    await teardown(rec, true);
+    throw e;
+  }
 }
 
 export async function labCommand(sub: LabSub, topology: string, o: LabOpts): Promise<number> {
   if (process.getuid && process.getuid() !== 0) throw new UserError('the lab creates network namespaces and needs root');
   if (!existsSync(topology)) throw new UserError(`cannot read topology ${topology}: ENOENT`);
-  if (o.here || inGuest()) return runHere(sub, topology, o);
-  if (await kernelHasEsp()) return runHere(sub, topology, o);
+  if (o.inner) return inner(sub, topology, o);
 
-  const dir = umlDir(topology);
-  if (sub === 'up' || sub === 'demo') {
-    if (existsSync(dir)) {
-      const alive = findGuestProcesses(dir).length > 0;
-      if (alive && sub === 'up') throw new UserError(`a lab for ${topology} is already up; run: onionctl lab down ${topology}`);
-      await killLeftovers(dir);
-    }
-    log('this kernel has no ESP: running the lab inside User-Mode Linux');
-    const g = await bootGuest({ dir });
-    let code = 1;
+  if (sub === 'up') {
+    await up(topology, o);
+    return 0;
+  }
+  if (sub === 'demo') {
+    const rec = await up(topology, o);
     try {
-      code = await inGuestRun(g, sub, topology, o);
-      return code;
+      return await runInner(rec, 'test', o);
     } finally {
-      if (sub === 'demo' || code !== 0) {
-        await g.halt().catch(() => undefined);
-        await killLeftovers(dir);
-      }
+      await teardown(rec, true);
+      log(`lab ${rec.id} removed`);
     }
   }
-  if (!existsSync(dir)) throw new UserError(`no lab is up for ${topology}; run: onionctl lab up ${topology}`);
-  let g: Guest;
-  try {
-    g = await attachGuest(dir);
-  } catch (e) {
+  const rec = await findRecord(topology);
+  if (!rec) {
     if (sub === 'down') {
-      await killLeftovers(dir);
-      log(`lab guest for ${topology} was not running; removed its leftovers`);
+      log(`no lab is up for ${topology}`);
       return 0;
     }
-    throw new UserError(`the lab guest for ${topology} is not answering (${(e as Error).message}); run: onionctl lab down ${topology}`);
+    throw new UserError(`no lab is up for ${topology}; run: onionctl lab up ${topology}`);
   }
-  if (sub === 'test') return inGuestRun(g, sub, topology, o);
-  // down
-  let code = 1;
-  try {
-    code = await inGuestRun(g, 'down', topology, o);
-  } finally {
-    await g.halt().catch(() => undefined);
-    await killLeftovers(dir);
-  }
-  return code;
+  if (sub === 'test') return runInner(rec, 'test', o);
+  await teardown(rec, true);
+  log(`lab ${rec.id} removed`);
+  return 0;
 }

@@ -2,15 +2,18 @@
  * onionctl command line. Errors the user can act on are printed without a stack trace and exit
  * non-zero; ONIONCTL_DEBUG=1 shows stacks for bug reports.
  */
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { TopologyError, formatDiagnostic } from '../topology/diagnostics.js';
 import { PathError } from '../pathselect/select.js';
 import { PlanError } from '../state/reconcile.js';
 import { UserError, packageVersion } from '../util/files.js';
 import { planCommand, validateCommand } from './plan-command.js';
-import { auditCommand, fractionArg, operatorListArg, type AuditOpts } from './audit-command.js';
-import { formatArg, graphCommand, type GraphOpts } from './graph-command.js';
-import { labCommand, type LabSub } from './lab-command.js';
+import { fractionArg, operatorListArg, type AuditOpts } from './audit-command.js';
+import { formatArg, type GraphOpts } from './graph-command.js';
+import type { LabSub } from './lab-command.js';
+
+// Subcommands beyond validate/plan load their modules when they run: start-up stays quick and a
+// problem in one subcommand's module cannot break the others.
 
 function seedArg(v: string): string {
   if (!/^[0-9A-Za-z_.:-]{1,64}$/.test(v)) throw new InvalidArgumentError('a seed is 1-64 characters of letters, digits and _.:-');
@@ -62,9 +65,9 @@ export function buildProgram(): Command {
       .argument('<topology>', 'topology YAML file')
       .option('--seed <seed>', 'reproducible path selection', seedArg)
       .option('--json', 'machine-readable report (test)')
-      .option('--here', 'run in this kernel even if it lacks ESP (used inside the lab guest)')
-      .action(async (topology: string, opts: { seed?: string; json?: boolean; here?: boolean }) => {
-        process.exitCode = await labCommand(sub as LabSub, topology, opts);
+      .addOption(new Option('--inner', 'internal: the step that runs inside the lab\'s controller namespace').hideHelp())
+      .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean }) => {
+        process.exitCode = await (await import('./lab-command.js')).labCommand(sub as LabSub, topology, opts);
       });
   }
 
@@ -78,7 +81,7 @@ export function buildProgram(): Command {
     .option('--compromised <ops>', 'adversary view: comma-separated operators assumed compromised', operatorListArg)
     .option('--compromised-fraction <f>', 'adversary view: this fraction of the operators, drawn at random (reproducible with --seed)', fractionArg)
     .action(async (topology: string, opts: AuditOpts) => {
-      process.exitCode = await auditCommand(topology, opts);
+      process.exitCode = await (await import('./audit-command.js')).auditCommand(topology, opts);
     });
 
   program
@@ -90,7 +93,7 @@ export function buildProgram(): Command {
     .requiredOption('--format <format>', 'dot, mermaid, svg or png (svg and png need Graphviz `dot`)', formatArg)
     .option('--out <file>', 'write to this file instead of standard output')
     .action(async (topology: string, opts: GraphOpts) => {
-      process.exitCode = await graphCommand(topology, opts);
+      process.exitCode = await (await import('./graph-command.js')).graphCommand(topology, opts);
     });
 
   return program;

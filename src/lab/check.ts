@@ -4,7 +4,6 @@
  */
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
-import { execa } from 'execa';
 import { KdfKeySource } from '../keys/kdf.js';
 import { formatIPv4 } from '../net/addr.js';
 import { buildConfigs } from '../spd/build.js';
@@ -12,8 +11,9 @@ import { stateLine } from '../render/render.js';
 import { loadOrCreateSecret, loadState, saveState } from '../util/files.js';
 import { rekeySa } from '../state/reconcile.js';
 import type { State } from '../state/model.js';
-import { pairs, startCapture, type Capture, type Packet, type Pair } from './capture.js';
-import { connectNode, loadLabNet, type Log } from './run.js';
+import { pairs, startCapture, type Packet, type Pair } from './capture.js';
+import { inNs, type LabHost } from './host.js';
+import { connectNode, labStatePath, loadLabNet, type Log } from './run.js';
 import type { LabRecord } from './record.js';
 import { LabError } from './layout.js';
 
@@ -71,24 +71,23 @@ export function parseXfrmStats(text: string): Map<number, { bytes: number; packe
   return out;
 }
 
-async function nsExec(ns: string, argv: string[], timeoutMs = 120_000) {
-  const r = await execa('ip', ['netns', 'exec', ns, ...argv], { reject: false, timeout: timeoutMs });
-  return { code: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+async function nsExec(host: LabHost, ns: string, argv: string[], timeoutMs = 180_000) {
+  return host.run(inNs(ns, argv), { timeoutMs });
 }
 
-async function xfrmStats(ns: string) {
-  return parseXfrmStats((await nsExec(ns, ['ip', '-s', 'xfrm', 'state'])).stdout);
+async function xfrmStats(host: LabHost, ns: string) {
+  return parseXfrmStats((await nsExec(host, ns, ['ip', '-s', 'xfrm', 'state'])).stdout);
 }
 
-async function xfrmStat(ns: string, counter: string): Promise<number> {
-  const r = await nsExec(ns, ['cat', '/proc/net/xfrm_stat']);
+async function xfrmStat(host: LabHost, ns: string, counter: string): Promise<number> {
+  const r = await nsExec(host, ns, ['cat', '/proc/net/xfrm_stat']);
   const m = new RegExp(`^${counter}\\s+(\\d+)`, 'm').exec(r.stdout);
   return m ? Number(m[1]) : 0;
 }
 
-export async function labTest(rec: LabRecord, log: Log): Promise<LabTestReport> {
+export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<LabTestReport> {
   const net = await loadLabNet(rec);
-  const statePath = path.join(rec.dir, 'state.json');
+  const statePath = labStatePath(rec);
   let { state } = await loadState(statePath);
   const nodes = new Map(rec.layout.nodes.map((n) => [n.name, n]));
   const capDir = path.join(rec.dir, 'captures');
@@ -120,28 +119,28 @@ export async function labTest(rec: LabRecord, log: Log): Promise<LabTestReport> 
     for (const n of rec.layout.nodes) if (n.kind === 'router') points.push({ point: `${n.name}:${n.underlay.name}`, iface: n.underlay.hostVeth });
     points.push({ point: `${exit.name}:${exit.outside!.name}`, iface: exit.outside!.hostVeth });
     points.push({ point: `server(${def.name})`, iface: server.iface.hostVeth });
-    const caps: Capture[] = [];
-    try {
-      for (const p of points) caps.push(await startCapture(p.iface, path.join(capDir, `${def.name}-${p.iface}.txt`)));
-    } catch (e) {
-      await Promise.all(caps.map((x) => x.stop()));
-      throw e;
-    }
-    const before = await xfrmStats(client.ns);
-    const ping = await nsExec(client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
+
+    // the anonymity captures cover a ping and a small HTTP fetch; the 10 MiB download runs
+    // after them, uncaptured (capturing every packet of it costs minutes in User-Mode Linux)
+    const cap = await startCapture(host, capDir, def.name);
+    const before = await xfrmStats(host, client.ns);
+    const ping = await nsExec(host, client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
+    const small = await nsExec(host, client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '60', '-w', '%{size_download}', `http://${dest}/obj8.bin`]);
+    const pkts = await cap.stop();
     const recv = Number(/(\d+) (?:packets )?received/.exec(ping.stdout)?.[1] ?? 0);
     const t0 = process.hrtime.bigint();
-    const dl = await nsExec(client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '120', '-w', '%{size_download}', `http://${dest}/10M.bin`]);
+    const dl = await nsExec(host, client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '300', '-w', '%{size_download}', `http://${dest}/10M.bin`], 330_000);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const bytes = Number(dl.stdout.trim()) || 0;
-    const after = await xfrmStats(client.ns);
-    const exitStats = await xfrmStats(exit.ns);
+    const after = await xfrmStats(host, client.ns);
+    const exitStats = await xfrmStats(host, exit.ns);
     const captured = new Map<string, Packet[]>();
-    for (const [i, cap] of caps.entries()) captured.set(points[i]!.point, await cap.stop());
+    for (const p of points) captured.set(p.point, pkts.filter((x) => x.iface === p.iface));
 
     const checks: CheckResult[] = [];
     const check = (name: string, ok: boolean, detail: string) => checks.push({ name, ok, detail });
     check('ping through the circuit', recv >= 2, `${recv}/3 replies`);
+    check('HTTP fetch through the circuit', Number(small.stdout.trim()) === 20_000, `${small.stdout.trim() || 0} of 20000 bytes`);
     check('10 MiB TCP download (MTU/MSS)', bytes === 10 * 1024 * 1024, `${bytes} bytes in ${secs.toFixed(2)} s${dl.code !== 0 ? `; curl: ${dl.stderr.trim()}` : ''}`);
 
     // IPsec: every outbound layer's SA on the client counted packets, and the exit's telescope SA too
@@ -173,7 +172,7 @@ export async function labTest(rec: LabRecord, log: Log): Promise<LabTestReport> 
     reports.push({ circuit: def.name, path: [c.client, ...c.hops, `dest(${def.name})`], checks, observations, downloadBytes: bytes, downloadMBps: bytes / 1e6 / secs });
   }
 
-  const failClosed = net.circuits.length > 0 ? await failClosedCheck(rec, state, log) : [];
+  const failClosed = net.circuits.length > 0 ? await failClosedCheck(rec, host, state, log) : [];
   for (const ch of failClosed) log(`${ch.ok ? 'PASS' : 'FAIL'} ${ch.name} (${ch.detail})`);
   state = (await loadState(statePath)).state;
   const ok = reports.every((r) => r.checks.every((c) => c.ok)) && failClosed.every((c) => c.ok);
@@ -185,7 +184,7 @@ export async function labTest(rec: LabRecord, log: Log): Promise<LabTestReport> 
  * the destination is dropped and never leaves in clear, then restores the circuit by
  * re-creating that SA on both ends with a new SPI and a new key (never the old one).
  */
-async function failClosedCheck(rec: LabRecord, state: State, log: Log): Promise<CheckResult[]> {
+async function failClosedCheck(rec: LabRecord, host: LabHost, state: State, log: Log): Promise<CheckResult[]> {
   const net = await loadLabNet(rec);
   const def = net.circuits[0]!;
   const c = state.circuits[def.name]!;
@@ -196,14 +195,14 @@ async function failClosedCheck(rec: LabRecord, state: State, log: Log): Promise<
   const dest = formatIPv4(server.iface.addr);
   const sa = c.fwd[k - 1]!;
   const out: CheckResult[] = [];
-  const del = await nsExec(client.ns, ['ip', 'xfrm', 'state', 'delete', 'src', c.addrs[k - 1]!, 'dst', formatIPv4(net.nodes.get(exitName)!.underlay.addr), 'proto', 'esp', 'spi', `0x${sa.spi.toString(16)}`]);
+  const del = await nsExec(host, client.ns, ['ip', 'xfrm', 'state', 'delete', 'src', c.addrs[k - 1]!, 'dst', formatIPv4(net.nodes.get(exitName)!.underlay.addr), 'proto', 'esp', 'spi', `0x${sa.spi.toString(16)}`]);
   if (del.code !== 0) return [{ name: 'fail closed', ok: false, detail: `could not delete the SA: ${del.stderr.trim()}` }];
-  const noStates0 = await xfrmStat(client.ns, 'XfrmOutNoStates');
-  const cap = await startCapture(client.underlay.hostVeth, path.join(rec.dir, 'captures', 'fail-closed.txt'));
-  const ping = await nsExec(client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', dest]);
-  const curl = await nsExec(client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '3', `http://${dest}/obj8.bin`]);
-  const pkts = await cap.stop();
-  const noStates1 = await xfrmStat(client.ns, 'XfrmOutNoStates');
+  const noStates0 = await xfrmStat(host, client.ns, 'XfrmOutNoStates');
+  const cap = await startCapture(host, path.join(rec.dir, 'captures'), 'fail-closed');
+  const ping = await nsExec(host, client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '1', dest]);
+  const curl = await nsExec(host, client.ns, ['curl', '-sS', '-o', '/dev/null', '--max-time', '3', `http://${dest}/obj8.bin`]);
+  const pkts = (await cap.stop()).filter((p) => p.iface === client.underlay.hostVeth);
+  const noStates1 = await xfrmStat(host, client.ns, 'XfrmOutNoStates');
   const recv = Number(/(\d+) (?:packets )?received/.exec(ping.stdout)?.[1] ?? 0);
   const clear = pkts.filter((p) => p.dst === dest || p.src === dest || (p.proto !== 'esp' && p.src === formatIPv4(client.underlay.addr)));
   out.push({
@@ -213,7 +212,7 @@ async function failClosedCheck(rec: LabRecord, state: State, log: Log): Promise<
   });
 
   // restore: a new SPI and a new key on both ends at once
-  const statePath = path.join(rec.dir, 'state.json');
+  const statePath = labStatePath(rec);
   const { state: next, old, now } = rekeySa(state, { circuit: def.name, hop: k, dir: 'fwd' });
   await saveState(statePath, next);
   const { secret } = await loadOrCreateSecret(path.join(rec.dir, 'secret'));
@@ -231,7 +230,7 @@ async function failClosedCheck(rec: LabRecord, state: State, log: Log): Promise<
       await t.close();
     }
   }
-  const ping2 = await nsExec(client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
+  const ping2 = await nsExec(host, client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
   const recv2 = Number(/(\d+) (?:packets )?received/.exec(ping2.stdout)?.[1] ?? 0);
   out.push({
     name: `circuit ${def.name} restored with a fresh SA (SPI 0x${old.spi.toString(16)} -> 0x${now.spi.toString(16)}, epoch ${old.epoch} -> ${now.epoch})`,

@@ -159,10 +159,12 @@ export function labLayout(net: Net, id: string, _state?: State): LabLayout {
 }
 
 /** Lines for `ip -batch -` in the lab's root namespace: bridges and veth pairs. */
-export function rootBatch(l: LabLayout): string[] {
+export function rootBatch(l: LabLayout, o: { controllerOnBridge: boolean }): string[] {
   const lines: string[] = [];
   for (const b of Object.values(l.bridges)) lines.push(`link add ${b} type bridge`, `link set ${b} up`);
-  lines.push(`address add ${formatIPv4(l.controllerMgmt)}/${l.mgmtNet.len} dev ${l.bridges.mgmt}`);
+  // directly, the controller sits on the management bridge; with User-Mode Linux its address
+  // is on the host side of the guest's network device
+  if (o.controllerOnBridge) lines.push(`address add ${formatIPv4(l.controllerMgmt)}/${l.mgmtNet.len} dev ${l.bridges.mgmt}`);
   const pair = (ns: string, i: LabIface) => [
     `link add ${i.hostVeth} mtu ${i.mtu} type veth peer name ${i.name} mtu ${i.mtu} netns ${ns}`,
     `link set ${i.hostVeth} master ${i.bridge}`,

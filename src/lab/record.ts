@@ -18,6 +18,12 @@ export interface LabRecord {
   topology: string;
   mode: 'direct' | 'uml';
   dir: string;
+  /** the controller's network namespace on this machine (holds the guest's tap with UML, or
+   * the lab's bridges directly); every inner lab step runs in it */
+  ctlNs: string;
+  /** UML: the guest's control directory and the tap device in ctlNs */
+  guestDir?: string;
+  tap?: string;
   status: 'creating' | 'up' | 'failed';
   created: string;
   layout: LabLayout;

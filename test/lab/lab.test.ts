@@ -1,0 +1,124 @@
+/**
+ * The lab end to end, in a real kernel: User-Mode Linux here (this kernel has no ESP), or this
+ * kernel where it has ESP. Needs root and the Debian packages scripts/install-deps.sh installs;
+ * CI runs as root, so these tests run there.
+ *
+ *   alice ──ov── or1 ──ov── or2 ──ov── or3 ══ outside ══ server      (examples/three-mixes.yaml)
+ *
+ * Each test asserts what `onionctl lab test --json` measured, and that `down` (or a failed
+ * `up`) leaves no namespace, process, mount or file behind.
+ */
+import { describe, expect, test } from '@jest/globals';
+import { execa } from 'execa';
+import { existsSync, readFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
+const bin = path.join(root, 'dist/src/cli/bin.js');
+const LAB_ROOT = '/var/tmp/onionctl-lab';
+const MIN = 60_000;
+
+function onionctl(args: string[], env: Record<string, string> = {}) {
+  return execa(process.execPath, [bin, ...args], { cwd: root, reject: false, env, timeout: 15 * MIN });
+}
+
+function pointer(topology: string): string {
+  return path.join(LAB_ROOT, 'by-topology', createHash('sha256').update(path.resolve(root, topology)).digest('hex').slice(0, 16));
+}
+
+/** Everything a lab with this id could have left behind. */
+async function leftovers(id: string): Promise<string[]> {
+  const found: string[] = [];
+  const ns = await execa('ip', ['netns', 'list'], { reject: false });
+  for (const line of String(ns.stdout).split('\n')) if (line.startsWith(`oc-${id}-`)) found.push(`netns ${line.split(' ')[0]}`);
+  const ps = await execa('ps', ['-eo', 'pid,args'], { reject: false });
+  for (const line of String(ps.stdout).split('\n')) if (line.includes(`${LAB_ROOT}/${id}`)) found.push(`process ${line.trim()}`);
+  const mounts = readFileSync('/proc/mounts', 'utf8');
+  for (const line of mounts.split('\n')) if (line.includes(`oc-${id}-`)) found.push(`mount ${line}`);
+  if (existsSync(path.join(LAB_ROOT, id))) found.push(`directory ${LAB_ROOT}/${id}`);
+  return found;
+}
+
+const isRoot = process.getuid?.() === 0;
+const maybe = isRoot ? describe : describe.skip;
+if (!isRoot) console.warn('lab tests skipped: they need root (CI runs as root)');
+
+interface Report {
+  ok: boolean;
+  circuits: { circuit: string; path: string[]; checks: { name: string; ok: boolean; detail: string }[]; observations: { point: string; src: string; dst: string; proto: string }[] }[];
+  failClosed: { name: string; ok: boolean; detail: string }[];
+}
+
+maybe('lab', () => {
+  test(
+    'three-mixes: up, test, down; every check passes and nothing is left',
+    async () => {
+      const topo = 'examples/three-mixes.yaml';
+      await onionctl(['lab', 'down', topo]);
+      const up = await onionctl(['lab', 'up', topo, '--seed', '7']);
+      expect(up.stderr).not.toMatch(/\n\s+at /); // no stack trace
+      expect({ code: up.exitCode, err: up.exitCode === 0 ? '' : String(up.stderr) }).toEqual({ code: 0, err: '' });
+      const id = readFileSync(pointer(topo), 'utf8').trim();
+      expect(id).toMatch(/^[0-9a-f]{4}$/);
+      try {
+        const t = await onionctl(['lab', 'test', topo, '--json']);
+        const report = JSON.parse(String(t.stdout)) as Report;
+        const failed = [...report.circuits.flatMap((c) => c.checks), ...report.failClosed].filter((c) => !c.ok);
+        expect(failed).toEqual([]);
+        expect(t.exitCode).toBe(0);
+        const web = report.circuits.find((c) => c.circuit === 'web')!;
+        expect(web.path).toEqual(['alice', 'or1', 'or2', 'or3', 'dest(web)']);
+        const names = web.checks.map((c) => c.name);
+        for (const n of ['ping through the circuit', '10 MiB TCP download (MTU/MSS)', 'traffic used IPsec (xfrm counters)', 'entry sees the client and not the destination', 'only the exit sees the destination', 'exit and server never see the client', 'server sees only the exit']) {
+          expect(names).toContain(n);
+        }
+        // the observation table: the wire between alice and or1 carries only ESP between
+        // their underlay addresses; the server sees only or3's outside address
+        const rows = web.observations;
+        expect(rows.filter((r) => r.point === 'alice:eth0').every((r) => r.proto === 'esp' && [r.src, r.dst].sort().join() === 'alice(real),or1')).toBe(true);
+        expect(rows.filter((r) => r.point === 'server(web)').every((r) => [r.src, r.dst].sort().join() === 'dest(web),or3(outside)')).toBe(true);
+        expect(report.failClosed.map((c) => c.ok)).toEqual([true, true]);
+      } finally {
+        const down = await onionctl(['lab', 'down', topo]);
+        expect(down.exitCode).toBe(0);
+      }
+      expect(await leftovers(id)).toEqual([]);
+      expect(existsSync(pointer(topo))).toBe(false);
+    },
+    15 * MIN,
+  );
+
+  test(
+    'large example: demo (up, test, down) passes for all six circuits, k = 2, 3 and 4',
+    async () => {
+      const topo = 'examples/large.yaml';
+      await onionctl(['lab', 'down', topo]);
+      const r = await onionctl(['lab', 'demo', topo, '--seed', '3']);
+      const out = `${String(r.stdout)}\n${String(r.stderr)}`;
+      expect(String(r.stdout)).toMatch(/\n\d+ passed, 0 failed\n/);
+      expect({ code: r.exitCode, out: r.exitCode === 0 ? '' : out }).toEqual({ code: 0, out: '' });
+      const m = /lab ([0-9a-f]{4}) removed/.exec(out);
+      expect(m).not.toBeNull();
+      for (const c of ['web', 'short', 'long', 'dns', 'mail', 'archive']) expect(out).toContain(`PASS ${c}: only the exit sees the destination`);
+      expect(await leftovers(m![1]!)).toEqual([]);
+    },
+    20 * MIN,
+  );
+
+  test.each(['after-boot', 'before-apply'])(
+    'a failed up (%s) reports a clear error, exits non-zero and leaves nothing behind',
+    async (where) => {
+      const topo = 'examples/three-mixes.yaml';
+      const r = await onionctl(['lab', 'up', topo], { ONIONCTL_LAB_FAIL: where });
+      expect(r.exitCode).not.toBe(0);
+      expect(String(r.stderr)).toContain('failing on purpose');
+      expect(String(r.stderr)).not.toMatch(/\n\s+at /);
+      const m = /lab ([0-9a-f]{4})\)/.exec(String(r.stderr));
+      expect(m).not.toBeNull();
+      expect(await leftovers(m![1]!)).toEqual([]);
+      expect(existsSync(pointer(topo))).toBe(false);
+    },
+    10 * MIN,
+  );
+});
