@@ -14,6 +14,10 @@ check iptables-legacy iptables
 check nft nftables
 check dot graphviz
 check curl curl
+check modprobe kmod
+check ping iputils-ping
+check python3 python3
+check nsenter util-linux
 check rsvg-convert librsvg2-bin
 check ip iproute2
 if [ -n "$need" ]; then
