@@ -13,6 +13,8 @@ export interface Packet {
   src: string;
   dst: string;
   proto: 'esp' | 'icmp' | 'tcp' | 'udp' | 'other';
+  /** ESP SPI as tcpdump prints it (0x........) */
+  spi?: string;
 }
 
 // tcpdump 4.99 on "any": "IFACE In  IP 198.51.100.10 > 198.51.100.11: ESP(spi=...), length 140"
@@ -29,7 +31,8 @@ export function parseTcpdump(text: string): Packet[] {
     else if (rest.startsWith('ICMP')) proto = 'icmp';
     else if (rest.startsWith('Flags') || rest.startsWith('tcp')) proto = 'tcp';
     else if (rest.startsWith('UDP') || rest.startsWith('udp')) proto = 'udp';
-    out.push({ iface: m[1] ?? '', src: m[2]!, dst: m[3]!, proto });
+    const spi = proto === 'esp' ? /^ESP\(spi=(0x[0-9a-f]+)/.exec(rest)?.[1] : undefined;
+    out.push({ iface: m[1] ?? '', src: m[2]!, dst: m[3]!, proto, ...(spi ? { spi } : {}) });
   }
   return out;
 }

@@ -11,6 +11,7 @@ import { stateLine } from '../render/render.js';
 import { loadOrCreateSecret, loadState, saveState } from '../util/files.js';
 import { rekeySa } from '../state/reconcile.js';
 import type { State } from '../state/model.js';
+import { AddressBook, compareObservations, destLabel, formatObservations, observe, rowKey, wirePointId, type ObservedRow } from '../audit/observe.js';
 import { pairs, startCapture, type Packet, type Pair } from './capture.js';
 import { inNs, type LabHost } from './host.js';
 import { connectNode, labStatePath, loadLabNet, type Log } from './run.js';
@@ -36,6 +37,10 @@ export interface CircuitReport {
   path: string[];
   checks: CheckResult[];
   observations: ObservationRow[];
+  /** what the captures saw, in audit's format (src/audit/observe.ts), keyed by point */
+  observed: Record<string, ObservedRow[]>;
+  /** differences from audit's prediction for the same points */
+  modelDiff: { point: string; missing: string[]; unexpected: string[] }[];
   downloadBytes: number;
   downloadMBps: number;
 }
@@ -93,6 +98,10 @@ export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<
   const capDir = path.join(rec.dir, 'captures');
   await fs.mkdir(capDir, { recursive: true });
   const reports: CircuitReport[] = [];
+  // audit's model of what each wire shows, for the same state: the captures must match it
+  const model = observe(net, state, buildConfigs(net, state));
+  const book = new AddressBook(net, state);
+  const nodeByAddr = new Map(rec.layout.nodes.map((n) => [formatIPv4(n.underlay.addr), n.name]));
 
   for (const def of net.circuits) {
     const c = state.circuits[def.name]!;
@@ -164,12 +173,64 @@ export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<
     const others = [...new Set(srv.flatMap((p) => [p.src, p.dst]).filter((a) => a !== dest))];
     check('server sees only the exit', others.length === 1 && others[0] === exitOut, `server saw ${others.map(label).join(', ') || 'nothing'}`);
 
+    // the capture as audit rows: a packet on a node's underlay port belongs to the wire between
+    // its two underlay end-points; the exit's outside port and the server's port to theirs
+    const serverPoint = `server:${destLabel(def.to[0]!)}`;
+    const observed: Record<string, ObservedRow[]> = {};
+    const expected: Record<string, ObservedRow[]> = {};
+    for (const [point, rows] of Object.entries(model.observations)) {
+      const mine = rows.filter((r) => r.circuit === def.name);
+      if (mine.length > 0) {
+        expected[point] = mine;
+        observed[point] = [];
+      }
+    }
+    const underlayPorts = new Map(rec.layout.nodes.map((n) => [n.underlay.hostVeth, n.name]));
+    const text = (a: string) => {
+      const c = book.classifyText(a);
+      return { cls: c.cls, name: c.name, addr: c.cls === 'destination' ? c.name : a };
+    };
+    for (const p of pkts) {
+      let point: string | undefined;
+      const node = underlayPorts.get(p.iface);
+      if (node) {
+        const a = nodeByAddr.get(p.src);
+        const b = nodeByAddr.get(p.dst);
+        point = a && b ? wirePointId(a, b) : `port:${node}`;
+      } else if (p.iface === exit.outside!.hostVeth) point = `outside:${exit.name}`;
+      else if (p.iface === server.iface.hostVeth) point = serverPoint;
+      if (!point) continue;
+      const s = text(p.src);
+      const d = text(p.dst);
+      const row: ObservedRow = {
+        circuit: def.name,
+        srcClass: s.cls,
+        dstClass: d.cls,
+        src: s.addr,
+        dst: d.addr,
+        srcName: s.name,
+        dstName: d.name,
+        proto: p.proto === 'esp' ? 'esp' : 'clear',
+        ...(p.spi ? { spi: p.spi } : {}),
+      };
+      const list = (observed[point] ??= []);
+      if (!list.some((r) => rowKey(r) === rowKey(row))) list.push(row);
+    }
+    const modelDiff = compareObservations(expected, observed);
+    check(
+      "captures match audit's prediction",
+      modelDiff.length === 0,
+      modelDiff.length === 0
+        ? `${Object.keys(expected).length} points, ${Object.values(expected).reduce((n, r) => n + r.length, 0)} address pairs as predicted`
+        : modelDiff.map((d) => `${d.point}: missing [${d.missing.join('; ')}] unexpected [${d.unexpected.join('; ')}]`).join(' | '),
+    );
+
     const observations: ObservationRow[] = [];
     for (const [point, pkts] of captured) {
       for (const p of pairs(pkts) as Pair[]) observations.push({ point, src: label(p.src), dst: label(p.dst), proto: p.proto, count: p.count });
     }
     for (const ch of checks) log(`${ch.ok ? 'PASS' : 'FAIL'} ${def.name}: ${ch.name} (${ch.detail})`);
-    reports.push({ circuit: def.name, path: [c.client, ...c.hops, `dest(${def.name})`], checks, observations, downloadBytes: bytes, downloadMBps: bytes / 1e6 / secs });
+    reports.push({ circuit: def.name, path: [c.client, ...c.hops, `dest(${def.name})`], checks, observations, observed, modelDiff, downloadBytes: bytes, downloadMBps: bytes / 1e6 / secs });
   }
 
   const failClosed = net.circuits.length > 0 ? await failClosedCheck(rec, host, state, log) : [];
@@ -245,9 +306,11 @@ export function formatReport(r: LabTestReport): string {
   const out: string[] = [];
   for (const c of r.circuits) {
     out.push(`\nCircuit ${c.circuit}: ${c.path.join(' -> ')}  (10 MiB at ${c.downloadMBps.toFixed(2)} MB/s)`);
-    out.push('  observation point        src -> dst                               proto  packets');
-    for (const o of c.observations) {
-      out.push(`  ${o.point.padEnd(24)} ${`${o.src} -> ${o.dst}`.padEnd(40)} ${o.proto.padEnd(6)} ${o.count}`);
+    out.push('  Captured on the wire (clear outer headers; same format as onionctl audit):');
+    out.push(formatObservations(c.observed, { indent: '    ' }).trimEnd());
+    if (c.modelDiff.length > 0) {
+      out.push("  Differences from audit's prediction:");
+      for (const d of c.modelDiff) out.push(`    ${d.point}: missing ${d.missing.join('; ') || '-'}; unexpected ${d.unexpected.join('; ') || '-'}`);
     }
   }
   const all = [...r.circuits.flatMap((c) => c.checks), ...r.failClosed];

@@ -70,7 +70,7 @@ maybe('lab', () => {
         const web = report.circuits.find((c) => c.circuit === 'web')!;
         expect(web.path).toEqual(['alice', 'or1', 'or2', 'or3', 'dest(web)']);
         const names = web.checks.map((c) => c.name);
-        for (const n of ['ping through the circuit', '10 MiB TCP download (MTU/MSS)', 'traffic used IPsec (xfrm counters)', 'entry sees the client and not the destination', 'only the exit sees the destination', 'exit and server never see the client', 'server sees only the exit']) {
+        for (const n of ['ping through the circuit', '10 MiB TCP download (MTU/MSS)', 'traffic used IPsec (xfrm counters)', 'entry sees the client and not the destination', 'only the exit sees the destination', 'exit and server never see the client', 'server sees only the exit', "captures match audit's prediction"]) {
           expect(names).toContain(n);
         }
         // the observation table: the wire between alice and or1 carries only ESP between
