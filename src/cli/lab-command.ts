@@ -57,12 +57,40 @@ async function findRecord(topology: string): Promise<LabRecord | undefined> {
   return id ? readRecord(labDir(id)) : undefined;
 }
 
+let currentInner: ReturnType<typeof execa> | undefined;
+let interrupted: string | undefined;
+
 /** Runs `onionctl lab SUB --inner` inside the lab's controller namespace. */
 async function runInner(rec: LabRecord, sub: LabSub, o: LabOpts): Promise<number> {
   const argv = ['netns', 'exec', rec.ctlNs, process.execPath, binPath(), 'lab', sub, rec.topology, '--inner'];
   if (o.json) argv.push('--json');
-  const r = await execa('ip', argv, { stdio: 'inherit', reject: false, env: { ONIONCTL_LAB_T0: String(t0) } });
+  currentInner = execa('ip', argv, { stdio: 'inherit', reject: false, env: { ONIONCTL_LAB_T0: String(t0) } });
+  const r = await currentInner;
+  currentInner = undefined;
   return r.exitCode ?? 1;
+}
+
+/**
+ * The cleanup trap: SIGINT/SIGTERM while a lab is being built (or tested by `demo`) stop the
+ * inner step and let the caller tear everything down instead of dying half-way.
+ */
+function trapSignals(): () => void {
+  const on = (sig: NodeJS.Signals) => {
+    if (interrupted) return;
+    interrupted = sig;
+    log(`${sig}: stopping and removing what the lab created`);
+    currentInner?.kill('SIGTERM');
+  };
+  process.on('SIGINT', on);
+  process.on('SIGTERM', on);
+  return () => {
+    process.off('SIGINT', on);
+    process.off('SIGTERM', on);
+  };
+}
+
+function checkInterrupted(): void {
+  if (interrupted) throw new UserError(`interrupted by ${interrupted}`);
 }
 
 async function innerHost(rec: LabRecord): Promise<LabHost> {
@@ -143,6 +171,7 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
   };
   await writeRecord(rec);
   await writePointer(topo, id);
+  const untrap = trapSignals();
   try {
     await sh(['ip', 'netns', 'add', rec.ctlNs]);
     await sh(['ip', '-n', rec.ctlNs, 'link', 'set', 'lo', 'up']);
@@ -153,6 +182,7 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
       await sh(['ip', '-n', rec.ctlNs, 'address', 'add', `${formatIPv4(layout.controllerMgmt)}/${layout.mgmtNet.len}`, 'dev', rec.tap!]);
       await sh(['ip', '-n', rec.ctlNs, 'link', 'set', rec.tap!, 'up']);
       const g = await bootGuest({ dir: rec.guestDir!, netns: rec.ctlNs, extraArgs: [`eth0=tuntap,${rec.tap}`] });
+      checkInterrupted();
       log(`guest booted (kernel ${g.info.kernel}, ${g.info.modules.length} modules)`);
       host = new GuestHost(g);
     } else {
@@ -169,7 +199,9 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
     log(`${layout.nodes.length} nodes, ${layout.servers.length} servers; building`);
     // fault injection for the test that a failed `up` leaves nothing behind
     if (process.env.ONIONCTL_LAB_FAIL === 'after-boot') throw new UserError('failing on purpose (ONIONCTL_LAB_FAIL=after-boot)');
+    checkInterrupted();
     const code = await runInner(rec, 'up', o);
+    checkInterrupted();
     if (code !== 0) throw new UserError('bringing the lab up failed (see above); everything it created was removed');
     rec.status = 'up';
     log(`lab ${id} is up: onionctl lab test ${topology}; onionctl lab down ${topology}`);
@@ -178,6 +210,8 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
     log('removing what was created');
     await teardown(rec, true);
     throw e;
+  } finally {
+    untrap();
   }
 }
 
@@ -192,9 +226,13 @@ export async function labCommand(sub: LabSub, topology: string, o: LabOpts): Pro
   }
   if (sub === 'demo') {
     const rec = await up(topology, o);
+    const untrap = trapSignals();
     try {
-      return await runInner(rec, 'test', o);
+      const code = await runInner(rec, 'test', o);
+      checkInterrupted();
+      return code;
     } finally {
+      untrap();
       await teardown(rec, true);
       log(`lab ${rec.id} removed`);
     }

@@ -96,7 +96,7 @@ maybe('lab', () => {
       await onionctl(['lab', 'down', topo]);
       const r = await onionctl(['lab', 'demo', topo, '--seed', '3']);
       const out = `${String(r.stdout)}\n${String(r.stderr)}`;
-      expect(String(r.stdout)).toMatch(/\n\d+ passed, 0 failed\n/);
+      expect(String(r.stdout)).toMatch(/^\d+ passed, 0 failed$/m);
       expect({ code: r.exitCode, out: r.exitCode === 0 ? '' : out }).toEqual({ code: 0, out: '' });
       const m = /lab ([0-9a-f]{4}) removed/.exec(out);
       expect(m).not.toBeNull();
@@ -104,6 +104,32 @@ maybe('lab', () => {
       expect(await leftovers(m![1]!)).toEqual([]);
     },
     20 * MIN,
+  );
+
+  test(
+    'SIGINT while the lab is being built stops it and leaves nothing behind',
+    async () => {
+      const topo = 'examples/three-mixes.yaml';
+      const child = execa(process.execPath, [bin, 'lab', 'up', topo], { cwd: root, reject: false, timeout: 10 * MIN });
+      let err = '';
+      const id = await new Promise<string>((resolve, reject) => {
+        child.stderr!.on('data', (d: Buffer) => {
+          err += d.toString();
+          const m = /lab ([0-9a-f]{4})\)/.exec(err);
+          // interrupt once the namespaces exist inside the lab kernel
+          if (m && /namespaces wired/.test(err)) resolve(m[1]!);
+        });
+        void child.then(() => reject(new Error(`lab up ended before it could be interrupted: ${err}`)));
+      });
+      child.kill('SIGINT');
+      const r = await child;
+      expect(r.exitCode).not.toBe(0);
+      expect(String(r.stderr)).toMatch(/SIGINT: stopping and removing what the lab created/);
+      expect(String(r.stderr)).not.toMatch(/\n\s+at /);
+      expect(await leftovers(id)).toEqual([]);
+      expect(existsSync(pointer(topo))).toBe(false);
+    },
+    10 * MIN,
   );
 
   test.each(['after-boot', 'before-apply'])(
