@@ -84,11 +84,14 @@ uptime_now; say "modules loaded at uptime $UP"
 
 # Instantiate the ESP AEAD once now: the first ESP state otherwise pays for
 # seeding the DRBG and for the crypto API's template look-ups (seconds in UML).
-# Throw-away all-zero key, guest root namespace, deleted at once.
-ip -batch - <<'EOF_WARM' || say "WARNING: ESP warm-up failed (no ESP in this kernel?)"
-xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1 mode tunnel aead rfc4106(gcm(aes)) 0x0000000000000000000000000000000000000000 128
+# Throw-away random key (fed on stdin through the here-document, never on a command line),
+# guest root namespace, deleted at once.
+WARM_KEY=$(od -An -tx1 -N20 /dev/urandom | tr -d ' \n')
+ip -batch - <<EOF_WARM || say "WARNING: ESP warm-up failed (no ESP in this kernel?)"
+xfrm state add src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1 mode tunnel aead rfc4106(gcm(aes)) 0x$WARM_KEY 128
 xfrm state delete src 192.0.2.1 dst 192.0.2.2 proto esp spi 0x1
 EOF_WARM
+unset WARM_KEY
 uptime_now; say "ESP warmed up at uptime $UP"
 
 ip link set lo up
