@@ -18,17 +18,19 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { stringify as stringifyYaml } from 'yaml';
 import { formatIPv4 } from '../net/addr.js';
 import { kernelHasEsp } from '../lab/esp-probe.js';
 import { formatReport, labTest } from '../lab/check.js';
 import { DirectHost, GuestHost, type LabHost } from '../lab/host.js';
 import { labLayout } from '../lab/layout.js';
+import { formatMapping, remapToLab } from '../lab/remap.js';
 import { labDir, readPointer, readRecord, removePointer, writePointer, writeRecord, type LabRecord } from '../lab/record.js';
 import { labDownInner, labHasNft, labUpInner } from '../lab/run.js';
 import { attachGuest, bootGuest, findGuestProcesses } from '../lab/uml.js';
 import { buildNet } from '../topology/net.js';
 import { parseTopology } from '../topology/load.js';
-import { UserError } from '../util/files.js';
+import { UserError, writeFileAtomic } from '../util/files.js';
 
 export type LabSub = 'up' | 'test' | 'down' | 'demo';
 
@@ -132,6 +134,8 @@ async function teardown(rec: LabRecord, withInner: boolean): Promise<void> {
     } catch {
       /* not running */
     }
+    // wait for the guest's processes to go (halting takes a moment), then kill stragglers
+    for (let i = 0; i < 50 && findGuestProcesses(rec.guestDir).length > 0; i++) await new Promise((r) => setTimeout(r, 200));
     for (const pid of findGuestProcesses(rec.guestDir)) {
       try {
         process.kill(pid, 'SIGKILL');
@@ -149,7 +153,9 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
   const topo = path.resolve(topology);
   const existing = await findRecord(topo);
   if (existing) throw new UserError(`a lab for ${topology} is already up (id ${existing.id}); run: onionctl lab down ${topology}`);
-  const { topology: t } = parseTopology(await fs.readFile(topo, 'utf8'), topology);
+  const { topology: parsed } = parseTopology(await fs.readFile(topo, 'utf8'), topology);
+  // real addresses never go on a lab wire: the lab builds a copy moved into lab-safe ranges
+  const { topology: t, mapping } = remapToLab(parsed);
   const net = buildNet(t);
   const id = randomBytes(2).toString('hex');
   const layout = labLayout(net, id);
@@ -158,6 +164,7 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
   const rec: LabRecord = {
     id,
     topology: topo,
+    ...(mapping.length > 0 ? { labTopology: path.join(dir, 'topology.yaml') } : {}),
     mode: esp ? 'direct' : 'uml',
     dir,
     ctlNs: `oc-${id}-ctl`,
@@ -170,6 +177,13 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
     ...(o.seed ? { seed: o.seed } : {}),
   };
   await writeRecord(rec);
+  if (rec.labTopology) {
+    const table = formatMapping(mapping);
+    const header = [`# ${topo} with its addresses moved into lab-safe ranges by onionctl lab (lab ${id}):`, ...table.map((l) => `#   ${l}`)];
+    await writeFileAtomic(rec.labTopology, header.join('\n') + '\n' + stringifyYaml(t), 0o600);
+    log(`${topology} has addresses that are not lab-safe; the lab uses ${rec.labTopology}`);
+    for (const l of table) log(`lab addresses: ${l}`);
+  }
   await writePointer(topo, id);
   const untrap = trapSignals();
   try {

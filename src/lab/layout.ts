@@ -87,14 +87,24 @@ export function checkLabSafe(net: Net): void {
   }
 }
 
-/** A /16 inside 100.64.0.0/10 that overlaps nothing in the topology, for management. */
-function pickMgmtNet(net: Net): Cidr {
-  const used = topologyAddresses(net).map((a) => a.cidr);
+/**
+ * The /16 the lab would take for management given the prefixes in use: the first one inside
+ * 100.64.0.0/10 that overlaps none of them, counting down from 100.127.0.0/16. Exported so
+ * that remap.ts can keep it free when it moves a topology into lab-safe ranges.
+ */
+export function freeMgmtNet(used: readonly Cidr[]): Cidr | undefined {
   for (let second = 127; second >= 64; second--) {
     const c = parseCidr(`100.${second}.0.0/16`);
     if (!used.some((u) => cidrOverlaps(u, c))) return c;
   }
-  throw new LabError('no free /16 in 100.64.0.0/10 for the lab management network');
+  return undefined;
+}
+
+/** A /16 inside 100.64.0.0/10 that overlaps nothing in the topology, for management. */
+function pickMgmtNet(net: Net): Cidr {
+  const c = freeMgmtNet(topologyAddresses(net).map((a) => a.cidr));
+  if (!c) throw new LabError('no free /16 in 100.64.0.0/10 for the lab management network');
+  return c;
 }
 
 /** The address a circuit's server gets: the first destination's address (first host for a prefix). */

@@ -15,7 +15,10 @@ export const LAB_ROOT = process.env.ONIONCTL_LAB_ROOT ?? '/var/tmp/onionctl-lab'
 
 export interface LabRecord {
   id: string;
+  /** the user's topology file (also the key of the by-topology pointer) */
   topology: string;
+  /** the copy the lab runs, when the user's has addresses that are not lab-safe (see remap.ts) */
+  labTopology?: string;
   mode: 'direct' | 'uml';
   dir: string;
   /** the controller's network namespace on this machine (holds the guest's tap with UML, or

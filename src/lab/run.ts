@@ -166,7 +166,7 @@ export async function connectNode(rec: LabRecord, n: LabNode): Promise<Transport
 }
 
 export async function loadLabNet(rec: LabRecord): Promise<Net> {
-  const { topology } = parseTopology(await fs.readFile(rec.topology, 'utf8'), rec.topology);
+  const { topology } = parseTopology(await fs.readFile(rec.labTopology ?? rec.topology, 'utf8'), rec.labTopology ?? rec.topology);
   const net = buildNet(topology);
   net.quickack = true; // delayed ACKs on zero-latency veths stall transfers by 40 ms
   if (rec.nftReplaced.length > 0) {
