@@ -124,7 +124,7 @@ function portsIptables(ports: (number | string)[]): string[] {
   return out;
 }
 
-function iptablesRule(chain: string, r: FilterRule): string[] {
+export function iptablesRule(chain: string, r: FilterRule): string[] {
   const base = [`-A ${chain}`];
   if (r.src.len > 0) base.push(`-s ${formatCidr(r.src)}`);
   if (r.dst.len > 0) base.push(`-d ${formatCidr(r.dst)}`);

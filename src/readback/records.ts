@@ -1,0 +1,200 @@
+/**
+ * What the read-back parsers produce: one record per object the kernel reports, with addresses
+ * as printed (the parsers accept IPv6 and anything else the tools print, because a router holds
+ * objects that are not onionctl's). `classify.ts` splits records into onionctl's and foreign
+ * ones and turns onionctl's into the planner's model (src/model/config.ts).
+ *
+ * No record ever holds key material: the xfrm state parser turns each key into a one-way
+ * fingerprint (src/keys/kdf.ts) and drops the bytes.
+ */
+import type { CryptoProfileName } from '../topology/schema.js';
+
+export class ReadbackError extends Error {
+  constructor(
+    message: string,
+    /** 1-based line of the command output, when known */
+    readonly line?: number,
+  ) {
+    super(line !== undefined ? `line ${line}: ${message}` : message);
+    this.name = 'ReadbackError';
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// xfrm
+
+export interface XfrmAlgo {
+  kind: 'aead' | 'enc' | 'auth' | 'auth-trunc' | 'comp';
+  /** kernel algorithm name, e.g. rfc4106(gcm(aes)) */
+  name: string;
+  keyBits: number;
+  /** ICV length (aead) or truncation length (auth-trunc), in bits */
+  icvBits?: number;
+}
+
+/** Per-SA counters from `ip -s xfrm state` (for `status`). */
+export interface XfrmStateCounters {
+  bytes: number;
+  packets: number;
+  /** "add" and "use" times as printed (the router's local time), "-" when never used */
+  added?: string;
+  used?: string;
+  /** stats: packets dropped as outside the replay window, as replays, and failing integrity */
+  replayWindowErrors: number;
+  replayErrors: number;
+  integrityFailed: number;
+}
+
+export interface XfrmStateRecord {
+  family: 4 | 6;
+  src: string;
+  dst: string;
+  proto: string;
+  spi: number;
+  reqid: number;
+  mode: string;
+  /** the anti-replay window: the legacy field, or the ESN context's when the state uses one */
+  replayWindow: number;
+  esn: boolean;
+  flags: string[];
+  mark?: string;
+  algos: XfrmAlgo[];
+  /** set when the algorithms are exactly one of onionctl's crypto profiles */
+  profile?: CryptoProfileName;
+  /**
+   * fingerprint() of the key bytes laid out as the profile's key source produces them (for
+   * aes-cbc-hmac-sha1: encryption key, then authentication key); only for a known profile
+   */
+  keyFingerprint?: string;
+  /** selector; absent when the tool did not print one */
+  sel?: { src: string; dst: string; extra: string[] };
+  /** anti-replay context: last sequence number received / sent */
+  seq?: number;
+  oseq?: number;
+  /** names of other lines seen (encap, if_id, offload, ...), never their values */
+  other: string[];
+  counters?: XfrmStateCounters;
+}
+
+export interface XfrmTmplRecord {
+  family: 4 | 6;
+  src: string;
+  dst: string;
+  proto: string;
+  spi?: number;
+  reqid: number;
+  mode: string;
+  level: 'required' | 'use';
+}
+
+export interface XfrmPolicyRecord {
+  family: 4 | 6;
+  src: string;
+  dst: string;
+  /** upper-layer protocol of the selector, as printed (esp, tcp, 50, ...) */
+  proto?: string;
+  /** the rest of the selector: sport/dport/type/code/dev */
+  selExtra: string[];
+  dir: string;
+  action: 'allow' | 'block';
+  priority: number;
+  ptype: string;
+  index?: number;
+  mark?: string;
+  ifId?: string;
+  flags: string[];
+  tmpls: XfrmTmplRecord[];
+  /** `socket` policies (per-socket, not in the SPD proper) */
+  socket: boolean;
+}
+
+// ------------------------------------------------------------------------------------------
+// routes and addresses
+
+export interface RouteRecord {
+  /** unicast, blackhole, unreachable, prohibit, local, broadcast, ... */
+  type: string;
+  /** as printed: 203.0.113.80, 203.0.113.0/25, default */
+  dst: string;
+  table: string;
+  via?: string;
+  dev?: string;
+  /** numeric unless /etc/iproute2/rt_protos names it; `boot` when the text output omits it */
+  proto: string;
+  scope?: string;
+  src?: string;
+  metric: number;
+  tos?: string;
+  mtu?: number;
+  mtuLocked?: boolean;
+  advmss?: number;
+  quickack?: boolean;
+  /** multipath next hops */
+  nexthops?: { via?: string; dev?: string; weight?: number }[];
+  flags: string[];
+  /** other metrics and attributes, name and value as printed */
+  other: string[];
+}
+
+export interface AddressRecord {
+  dev: string;
+  family: 4 | 6;
+  addr: string;
+  len: number;
+  scope?: string;
+  label?: string;
+  flags: string[];
+  proto?: string;
+}
+
+// ------------------------------------------------------------------------------------------
+// firewall
+
+export interface IptablesRuleRecord {
+  table: string;
+  chain: string;
+  /** the argument words after `-A CHAIN`, unquoted */
+  args: string[];
+  /** the line as iptables-save printed it */
+  text: string;
+  /** the rule's -j/-g target, if any */
+  target?: string;
+  comment?: string;
+}
+
+export interface IptablesChainRecord {
+  table: string;
+  chain: string;
+  /** built-in chains have a policy (ACCEPT, DROP); user chains print "-" */
+  policy?: string;
+  builtin: boolean;
+}
+
+export interface IptablesSave {
+  tables: string[];
+  chains: IptablesChainRecord[];
+  rules: IptablesRuleRecord[];
+}
+
+export interface NftRuleRecord {
+  /** the statement text as nft printed it, with `counter packets N bytes M` removed */
+  text: string;
+  comment?: string;
+}
+
+export interface NftChainRecord {
+  name: string;
+  type?: string;
+  hook?: string;
+  priority?: string;
+  policy?: string;
+  rules: NftRuleRecord[];
+}
+
+export interface NftTableRecord {
+  family: string;
+  name: string;
+  chains: NftChainRecord[];
+  /** sets, maps, flowtables...: kind and name only */
+  other: string[];
+}
