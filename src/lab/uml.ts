@@ -824,6 +824,9 @@ export async function bootGuest(opts: BootOptions): Promise<Guest> {
 
   const deadline = started + timeoutMs;
   let pause = 5;
+  // While `ip netns exec` execs UML, /proc/<pid>/cmdline can read empty for a moment: only a
+  // process missing on several checks in a row (or an exit event) counts as gone.
+  let missingSince: number | undefined;
   for (;;) {
     if (opts.log) await pump();
     const ready = await readReady(dir);
@@ -835,7 +838,9 @@ export async function bootGuest(opts: BootOptions): Promise<Guest> {
     }
     const died = await fsp.readFile(path.join(dir, 'agent.exit'), 'utf8').catch(() => undefined);
     if (died !== undefined) return fail(`the guest's init or agent failed during boot: ${died.trim()}`);
-    if (exited || !isGuestProcess(pid, dir)) {
+    if (isGuestProcess(pid, dir)) missingSince = undefined;
+    else missingSince ??= Date.now();
+    if (exited || (missingSince !== undefined && Date.now() - missingSince > 2_000)) {
       const how = exited ? (exited.signal ? `signal ${exited.signal}` : `exit code ${exited.code}`) : 'unknown status';
       return fail(`UML exited during boot (${how})`);
     }
