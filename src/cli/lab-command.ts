@@ -206,7 +206,7 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
     const nft = await labHasNft(host);
     if (!nft) {
       rec.iptablesRestore = 'iptables-legacy-restore';
-      rec.nftReplaced = [...net.routers.values()].filter((r) => (r.exit?.nat ?? net.nat) === 'nftables').map((r) => r.name);
+      rec.nftReplaced = [...net.routers.values()].filter((r) => r.nat === 'nftables').map((r) => r.name);
       for (const r of rec.nftReplaced) log(`note: the lab kernel has no nf_tables for IPv4; router ${r} uses iptables (legacy) in the lab`);
     }
     await writeRecord(rec);

@@ -170,7 +170,11 @@ export async function loadLabNet(rec: LabRecord): Promise<Net> {
   const net = buildNet(topology);
   net.quickack = true; // delayed ACKs on zero-latency veths stall transfers by 40 ms
   if (rec.nftReplaced.length > 0) {
-    for (const r of net.routers.values()) if (r.exit && rec.nftReplaced.includes(r.name)) r.exit.nat = 'iptables';
+    for (const r of net.routers.values()) {
+      if (!rec.nftReplaced.includes(r.name)) continue;
+      r.nat = 'iptables';
+      if (r.exit) r.exit.nat = 'iptables';
+    }
     if (net.nat === 'nftables') net.nat = 'iptables';
   }
   return net;

@@ -56,7 +56,7 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       addresses: [],
       routes: [],
       sysctls: [],
-      firewall: { backend: n.kind === 'router' ? (n.exit?.nat ?? net.nat) : net.nat, snat: [], forward: [] },
+      firewall: { backend: n.kind === 'router' ? n.nat : net.nat, snat: [], forward: [] },
     });
   }
   const cfg = (name: string) => out.get(name)!;

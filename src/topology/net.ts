@@ -42,6 +42,8 @@ export interface RouterNode {
   underlay: Iface;
   pool: Cidr;
   exit?: ExitResolved;
+  /** this router's firewall backend */
+  nat: NatBackend;
   ssh?: SshSpec;
   /** index in the topology's routers list (stable ordering) */
   index: number;
@@ -114,7 +116,7 @@ export function buildNet(t: Topology): Net {
       exit = {
         iface: outIf,
         addr: outIf.addr,
-        nat: r.exit.nat ?? t.nat,
+        nat: r.exit.nat ?? r.nat ?? t.nat,
         allow: r.exit.allow.map((a) => ({
           to: parseCidr(a.to),
           proto: a.proto,
@@ -130,6 +132,7 @@ export function buildNet(t: Topology): Net {
       underlay,
       pool: parseCidr(r.pool),
       ...(exit ? { exit } : {}),
+      nat: exit?.nat ?? r.nat ?? t.nat,
       ...(r.ssh ? { ssh: r.ssh } : {}),
       index,
     });

@@ -93,6 +93,8 @@ const router = z.strictObject({
   underlay,
   pool: cidr,
   exit: exit.optional(),
+  /** firewall backend for this router (an exit's own `exit.nat` wins); default: the topology's */
+  nat: z.enum(NAT_BACKENDS).optional(),
   ssh: ssh.optional(),
 });
 

@@ -283,3 +283,29 @@ describe('nftables rendering', () => {
     expect(text).toContain(`\t\tip saddr 192.0.2.0/28 ip daddr ${A} ct state established,related accept comment "circuit two replies"`);
   });
 });
+
+describe('per-router firewall backend', () => {
+  test('a mix can choose nftables on its own; an exit\'s exit.nat wins; others keep the topology default', async () => {
+    const { netFromYaml } = await import('../helpers/net.js');
+    const { buildConfigs } = await import('../../src/spd/build.js');
+    const { reconcile } = await import('../../src/state/reconcile.js');
+    const { emptyState } = await import('../../src/state/model.js');
+    const { SeededRng } = await import('../../src/pathselect/rng.js');
+    const net = netFromYaml(`version: 1
+hops: 2
+operators: [{ name: a }, { name: b }]
+routers:
+  - { name: r1, operator: a, nat: nftables, underlay: { interface: eth0, address: 198.51.100.1/24 }, pool: 100.64.1.0/24 }
+  - { name: r2, operator: b, nat: nftables, underlay: { interface: eth0, address: 198.51.100.2/24 }, pool: 100.64.2.0/24,
+      exit: { interface: eth1, address: 203.0.113.1/24, nat: iptables, allow: [{ to: 203.0.113.0/24 }] } }
+clients: [{ name: c, underlay: { interface: eth0, address: 198.51.100.3/24 }, entry: [r1] }]
+links: [[r1, r2]]
+circuits: [{ name: x, client: c, to: [203.0.113.80/32] }]
+`);
+    const { state } = reconcile(net, emptyState('00'.repeat(32)), (l) => new SeededRng('1', l), 'now');
+    const cfgs = buildConfigs(net, state);
+    expect(cfgs.get('r1')!.firewall.backend).toBe('nftables');
+    expect(cfgs.get('r2')!.firewall.backend).toBe('iptables');
+    expect(cfgs.get('c')!.firewall.backend).toBe('iptables');
+  });
+});
