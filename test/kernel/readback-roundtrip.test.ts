@@ -16,7 +16,6 @@
  * uniquely named per run and always deleted in afterAll.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import { diffNode, findConflicts, formatChanges, type Change } from '../../src/diff/index.js';
 import { KdfKeySource } from '../../src/keys/kdf.js';
 import { formatCidr, formatIPv4 } from '../../src/net/addr.js';
@@ -28,26 +27,10 @@ import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
 import { loadTemplates } from '../../src/util/files.js';
 import { K2_YAML, K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
+import { must, run, whyNoNetns } from '../helpers/kernel.js';
 import { poolsOf } from '../helpers/readback.js';
 
-function run(cmd: string, args: string[], input?: string): SpawnSyncReturns<string> {
-  return spawnSync(cmd, args, { encoding: 'utf8', ...(input !== undefined ? { input } : {}) });
-}
-function must(cmd: string, args: string[], input?: string): string {
-  const r = run(cmd, args, input);
-  if (r.error || r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.error?.message ?? ''}${r.stderr}`);
-  return r.stdout;
-}
-
-function whyUnavailable(): string | undefined {
-  if (process.platform !== 'linux') return 'not Linux';
-  if (typeof process.getuid === 'function' && process.getuid() !== 0) return 'not root (network namespaces need CAP_SYS_ADMIN)';
-  const r = run('ip', ['netns', 'list']);
-  if (r.error) return `ip cannot be started: ${r.error.message}`;
-  if (r.status !== 0) return `ip netns does not work: ${r.stderr.trim()}`;
-  return undefined;
-}
-const unavailable = whyUnavailable();
+const unavailable = whyNoNetns();
 if (unavailable) console.warn(`SKIPPING kernel read-back round trip: ${unavailable}`);
 const describeKernel = unavailable ? describe.skip : describe;
 const nftMissing = run('nft', ['--version']).error !== undefined;
