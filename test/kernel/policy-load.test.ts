@@ -33,7 +33,7 @@ import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
 import { loadTemplates } from '../../src/util/files.js';
 import { K2_YAML, K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
-import { must, run, whyNoNetns } from '../helpers/kernel.js';
+import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
 
 const unavailable = whyNoNetns();
 if (unavailable) console.warn(`SKIPPING kernel policy-load tests: ${unavailable}`);
@@ -129,18 +129,8 @@ describeKernel.each(CASES)('loading $name into network namespaces', ({ net: mkNe
 
     for (const n of net.nodes.values()) {
       const ns = nsOf(n.name);
-      must('ip', ['netns', 'add', ns]);
       created.push(ns);
-      const ifaces = [n.underlay];
-      if (n.kind === 'router' && n.exit && n.exit.iface.name !== n.underlay.name) ifaces.push(n.exit.iface);
-      must('ip', ['-n', ns, 'link', 'set', 'lo', 'up']);
-      ifaces.forEach((i, k) => {
-        // both ends of the veth stay in the node's namespace: the host is never touched
-        must('ip', ['-n', ns, 'link', 'add', i.name, 'mtu', String(i.mtu), 'type', 'veth', 'peer', 'name', `ocpeer${k}`]);
-        must('ip', ['-n', ns, 'addr', 'add', `${formatIPv4(i.addr)}/${i.len}`, 'dev', i.name]);
-        must('ip', ['-n', ns, 'link', 'set', `ocpeer${k}`, 'up']);
-        must('ip', ['-n', ns, 'link', 'set', i.name, 'up']);
-      });
+      nodeNamespace(ns, n);
     }
   });
 
