@@ -2,6 +2,7 @@
  * The order changes are applied in, stated in one place. Each change falls into a phase; phases
  * run in this order and, within a phase, changes run in a fixed order (by kind, then key):
  *
+ *   0 settings           sysctls (ip_forward) before anything relies on them
  *   1 fail closed        block policies added or changed first, so a destination whose circuit
  *                        is not (yet) complete is dropped, never sent in the clear
  *   2 SAs                new and re-created SAs, before any policy whose templates use them
@@ -22,6 +23,7 @@
 import type { Change } from './diff.js';
 
 export const PHASES = [
+  'settings',
   'fail closed',
   'SAs',
   'firewall',
@@ -54,6 +56,8 @@ export function phaseOf(c: Change): Phase {
       return c.op === 'remove' ? 'retired addresses' : 'addresses';
     case 'route':
       return c.op === 'remove' ? 'retired routes' : 'routes';
+    case 'sysctl':
+      return 'settings';
   }
 }
 

@@ -10,7 +10,7 @@
 import { formatCidr, formatIPv4, type Cidr } from '../net/addr.js';
 import { fingerprint, type KeySource } from '../keys/kdf.js';
 import { PROFILES } from '../keys/profiles.js';
-import { ROUTE_PROTO, type FilterRule, type NodeConfig, type XfrmPolicy, type XfrmState } from '../model/config.js';
+import { ROUTE_PROTO, type FilterRule, type NodeConfig, type Route, type XfrmPolicy, type XfrmState } from '../model/config.js';
 
 export type KeyMode = 'redacted' | 'secret';
 
@@ -68,6 +68,16 @@ export function policyLine(p: XfrmPolicy): string {
   return line;
 }
 
+export function routeLine(r: Route): string {
+  let l = `route replace ${formatCidr(r.dst)} via ${formatIPv4(r.via)} dev ${r.dev}`;
+  if (r.src !== undefined) l += ` src ${formatIPv4(r.src)}`;
+  l += ` proto ${ROUTE_PROTO}`;
+  if (r.mtu !== undefined) l += ` mtu ${r.mtu}`;
+  if (r.advmss !== undefined) l += ` advmss ${r.advmss}`;
+  if (r.quickack) l += ' quickack 1';
+  return l;
+}
+
 export function renderIp(cfg: NodeConfig, o: RenderOptions): string {
   const lines: string[] = [
     fill(o.templates.ip, {
@@ -89,15 +99,7 @@ export function renderIp(cfg: NodeConfig, o: RenderOptions): string {
   section('addresses', cfg.addresses.map((a) => `address replace ${formatIPv4(a.addr)}/32 dev ${a.dev} # ${a.comment}`));
   section(
     'routes',
-    cfg.routes.map((r) => {
-      let l = `route replace ${formatCidr(r.dst)} via ${formatIPv4(r.via)} dev ${r.dev}`;
-      if (r.src !== undefined) l += ` src ${formatIPv4(r.src)}`;
-      l += ` proto ${ROUTE_PROTO}`;
-      if (r.mtu !== undefined) l += ` mtu ${r.mtu}`;
-      if (r.advmss !== undefined) l += ` advmss ${r.advmss}`;
-      if (r.quickack) l += ' quickack 1';
-      return `${l} # ${r.comment}`;
-    }),
+    cfg.routes.map((r) => `${routeLine(r)} # ${r.comment}`),
   );
   return lines.join('\n') + '\n';
 }

@@ -16,6 +16,14 @@ const sa = z.strictObject({
   reqid: z.number().int().min(REQID_BASE).max(REQID_LAST),
   /** incremented each time the SA is (re)created; part of the key derivation */
   epoch: z.number().int().min(1),
+  /**
+   * nodes this epoch's key has been pushed to (recorded before the push). An SA missing from one
+   * of them later (a reboot, a manual delete) is never installed there again with this key: it
+   * gets a new epoch and SPI, because its sequence numbers (GCM nonces) would start over.
+   */
+  installed: z.array(z.string()).optional(),
+  /** ISO time this epoch was first pushed (the age used by rekey --due) */
+  since: z.string().optional(),
 });
 export type SaRecord = z.infer<typeof sa>;
 

@@ -172,10 +172,41 @@ export function rekeySa(prev: State, ref: SaRef): { state: State; old: SaRecord;
     rec = s.links[ref.link]?.[ref.dir];
   }
   if (!rec) throw new PlanError(`no such SA: ${JSON.stringify(ref)}`);
-  const old = { ...rec };
+  const old = structuredClone(rec);
   if (s.next.spi > SPI_LAST) throw new PlanError('the state has used up onionctl\'s SPI range');
   rec.spi = s.next.spi++;
   rec.epoch += 1;
+  delete rec.installed;
+  delete rec.since;
   s.serial += 1;
   return { state: s, old, now: { ...rec } };
+}
+
+/** The state record of an SA (undefined when the state has no such SA). */
+export function saRecord(s: State, ref: SaRef): SaRecord | undefined {
+  if ('circuit' in ref) return s.circuits[ref.circuit]?.[ref.dir][ref.hop - 1];
+  return s.links[ref.link]?.[ref.dir];
+}
+
+/**
+ * The SA an SaKeyId.id names (circuitSaId / linkSaId), in this state; undefined when the id is
+ * of another generation or the SA is gone.
+ */
+export function saRefOfId(s: State, id: string): SaRef | undefined {
+  const c = /^circuit:(.+):g(\d+):hop(\d+):(fwd|rev)$/.exec(id);
+  if (c) {
+    const cs = s.circuits[c[1]!];
+    if (!cs || cs.generation !== Number(c[2])) return undefined;
+    const hop = Number(c[3]);
+    if (hop < 1 || hop > cs.hops.length) return undefined;
+    return { circuit: c[1]!, hop, dir: c[4] as 'fwd' | 'rev' };
+  }
+  const l = /^link:(.+)>(.+)$/.exec(id);
+  if (l) {
+    for (const [k, ls] of Object.entries(s.links)) {
+      if (ls.a === l[1] && ls.b === l[2]) return { link: k, dir: 'ab' };
+      if (ls.b === l[1] && ls.a === l[2]) return { link: k, dir: 'ba' };
+    }
+  }
+  return undefined;
 }

@@ -1,0 +1,198 @@
+/**
+ * One node's ordered changes -> the commands that make them, in three stages that apply runs
+ * across all nodes in lock step (stage 1 everywhere, then stage 2, then stage 3):
+ *
+ *   install    settings, fail-closed blocks and new SAs. Both ends of every new SA have it before
+ *              any policy anywhere points at it.
+ *   configure  firewall, allow policies, addresses, routes.
+ *   retire     policies, SAs, firewall, routes, addresses and blocks that are no longer wanted,
+ *              in that order, once nothing anywhere uses them.
+ *
+ * Every command reads its input on stdin (`ip -batch -`, `iptables-restore --noflush`,
+ * `nft -f -`, `sysctl --load=-`): SA keys never appear on a command line. Pure.
+ */
+import type { KeySource } from '../keys/kdf.js';
+import type { NodeConfig } from '../model/config.js';
+import { formatCidr, formatIPv4 } from '../net/addr.js';
+import { ROUTE_PROTO } from '../model/config.js';
+import type { OwnedChain } from '../readback/observed.js';
+import { NFT_TABLE, OWNER_COMMENT, policyLine, renderIptables, renderNft, routeLine, stateLine, type Templates } from '../render/render.js';
+import type { Change } from '../diff/diff.js';
+import { orderChanges, phaseOf, type Phase } from '../diff/order.js';
+import { withoutExistingJumps } from './push.js';
+
+export const STAGES = ['install', 'configure', 'retire'] as const;
+export type Stage = (typeof STAGES)[number];
+
+export function stageOf(p: Phase): Stage {
+  switch (p) {
+    case 'settings':
+    case 'fail closed':
+    case 'SAs':
+      return 'install';
+    case 'firewall':
+    case 'policies':
+    case 'addresses':
+    case 'routes':
+      return 'configure';
+    default:
+      return 'retire';
+  }
+}
+
+export interface Step {
+  /** what it does, for progress and errors */
+  what: string;
+  argv: string[];
+  stdin: string;
+  /** stdin holds key material: never log it */
+  secret: boolean;
+  /** how many changes this step carries */
+  changes: number;
+}
+
+export interface CommandContext {
+  keys: KeySource;
+  templates: Templates;
+  version: string;
+  /** the router's iptables-save / -restore pair (from the read-back); default iptables */
+  iptables?: { save: string; restore: string };
+  /** the router's iptables-save output as read (to skip jump rules it already has) */
+  iptablesSave?: string;
+}
+
+const hex32 = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+
+/** the `ip -batch` line for a change of an ip-managed kind; undefined for other kinds */
+function ipLine(c: Change, keys: KeySource): string | undefined {
+  switch (c.kind) {
+    case 'state':
+      if (c.op === 'add') return stateLine(c.desired, keys, 'secret');
+      if (c.op === 'remove') return `xfrm state delete src ${formatIPv4(c.observed.src)} dst ${formatIPv4(c.observed.dst)} proto ${c.observed.proto} spi ${hex32(c.observed.spi)}`;
+      // the engine rekeys every replaced SA (new SPI = add + remove); a replace here is a bug
+      throw new Error(`internal: state ${c.key} would be re-installed under the same SPI`);
+    case 'policy': {
+      if (c.op !== 'remove') return policyLine(c.desired);
+      const o = c.observed;
+      let l = `xfrm policy delete src ${formatCidr(o.src)} dst ${formatCidr(o.dst)}`;
+      if (o.proto) l += ` proto ${o.proto}`;
+      if (o.selExtra.length > 0) l += ` ${o.selExtra.join(' ')}`;
+      l += ` dir ${o.dir}`;
+      if (o.mark !== undefined) l += ` mark ${o.mark.replace('/', ' mask ')}`;
+      if (o.ifId !== undefined) l += ` if_id ${o.ifId}`;
+      return l;
+    }
+    case 'route': {
+      if (c.op !== 'remove') return routeLine(c.desired);
+      const o = c.observed;
+      let l = `route del ${formatCidr(o.dst)} table ${o.table} proto ${ROUTE_PROTO}`;
+      if (o.metric !== 0) l += ` metric ${o.metric}`;
+      return l;
+    }
+    case 'address':
+      if (c.op === 'remove') return `address del ${formatIPv4(c.observed.addr)}/${c.observed.len} dev ${c.observed.dev}`;
+      return `address replace ${formatIPv4(c.desired.addr)}/32 dev ${c.desired.dev}`;
+    default:
+      return undefined;
+  }
+}
+
+const isFirewall = (c: Change) => c.kind === 'chain' || c.kind === 'snat' || c.kind === 'filter' || c.kind === 'rule-order';
+
+/** iptables-restore input that unhooks and deletes some of onionctl's chains */
+function iptablesRemoval(chains: OwnedChain[]): string {
+  const byTable = new Map<string, OwnedChain[]>();
+  for (const c of chains) byTable.set(c.table, [...(byTable.get(c.table) ?? []), c]);
+  const lines: string[] = [];
+  for (const [table, cs] of byTable) {
+    lines.push(`*${table}`);
+    for (const c of cs) {
+      for (const h of c.hooks) {
+        const [chain, ...extra] = h.split(' ');
+        lines.push(`-D ${chain}${extra.length > 0 ? ` ${extra.join(' ')}` : ''} -m comment --comment ${OWNER_COMMENT} -j ${c.chain}`);
+      }
+    }
+    for (const c of cs) lines.push(`-F ${c.chain}`, `-X ${c.chain}`);
+    lines.push('COMMIT');
+  }
+  return lines.join('\n') + '\n';
+}
+
+/**
+ * The steps for one node and one stage. `desired` is the node's full desired configuration: a
+ * firewall change rewrites onionctl's chains (or table) as a whole, atomically per table, once,
+ * in the configure stage (rule removals included); chains that go entirely are dropped in the
+ * retire stage.
+ */
+export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly Change[], ctx: CommandContext): Step[] {
+  const ordered = orderChanges(changes);
+  const mine = ordered.filter((c) => stageOf(phaseOf(c)) === stage);
+  const steps: Step[] = [];
+  const ipt = ctx.iptables ?? { save: 'iptables-save', restore: 'iptables-restore' };
+
+  const sysctls = mine.filter((c) => c.kind === 'sysctl');
+  if (sysctls.length > 0) {
+    steps.push({
+      what: 'sysctl',
+      argv: ['sysctl', '-q', '--load=-'],
+      stdin: sysctls.map((c) => (c.kind === 'sysctl' ? `${c.desired.key} = ${c.desired.value}` : '')).join('\n') + '\n',
+      secret: false,
+      changes: sysctls.length,
+    });
+  }
+
+  const ipLines: string[] = [];
+  let ipChanges = 0;
+  const flushIp = () => {
+    if (ipLines.length === 0) return;
+    const secret = ipLines.some((l) => l.startsWith('xfrm state add'));
+    steps.push({ what: 'ip -batch', argv: ['ip', '-batch', '-'], stdin: ipLines.join('\n') + '\n', secret, changes: ipChanges });
+    ipLines.length = 0;
+    ipChanges = 0;
+  };
+
+  const fw = ordered.filter(isFirewall);
+  const backendOf = (x: Change): string => (x.kind === 'rule-order' ? desired.firewall.backend : ((x.op === 'remove' ? x.observed : x.desired) as { backend: string }).backend);
+  const dropped = fw.filter((c): c is Extract<Change, { kind: 'chain'; op: 'remove' }> => c.kind === 'chain' && c.op === 'remove').map((c) => c.observed);
+  // rules of a chain that goes entirely leave with it; everything else of the node's own backend is rewritten
+  const goes = new Set(dropped.map((c) => `${c.backend} ${c.table} ${c.chain}`));
+  const inDropped = (x: Change) => (x.kind === 'snat' || x.kind === 'filter') && x.op === 'remove' && goes.has(`${x.observed.backend} ${x.observed.table} ${x.observed.chain}`);
+  const rewrite = fw.filter((c) => backendOf(c) === desired.firewall.backend && !(c.kind === 'chain' && c.op === 'remove') && !inDropped(c));
+
+  for (const c of mine) {
+    if (c.kind === 'sysctl' || isFirewall(c)) continue;
+    const l = ipLine(c, ctx.keys);
+    if (l !== undefined) {
+      ipLines.push(l);
+      ipChanges++;
+    }
+    // the firewall goes between the SAs (install) and the allow policies (configure)
+  }
+
+  if (stage === 'configure' && rewrite.length > 0) {
+    // policies come after the firewall in this stage: emit the firewall first
+    const opts = { templates: ctx.templates, version: ctx.version };
+    if (desired.firewall.backend === 'iptables') {
+      const content = renderIptables(desired, opts);
+      steps.push({
+        what: 'iptables-restore',
+        argv: [ipt.restore, '--noflush'],
+        stdin: ctx.iptablesSave !== undefined ? withoutExistingJumps(content, ctx.iptablesSave) : content,
+        secret: false,
+        changes: rewrite.length,
+      });
+    } else {
+      steps.push({ what: 'nft -f', argv: ['nft', '-f', '-'], stdin: renderNft(desired, opts), secret: false, changes: rewrite.length });
+    }
+  }
+  flushIp();
+  if (stage === 'retire' && dropped.length > 0) {
+    const iptDrop = dropped.filter((x) => x.backend === 'iptables');
+    if (iptDrop.length > 0) steps.push({ what: 'iptables-restore (remove chains)', argv: [ipt.restore, '--noflush'], stdin: iptablesRemoval(iptDrop), secret: false, changes: iptDrop.length });
+    const nftDrop = dropped.filter((x) => x.backend === 'nftables');
+    if (nftDrop.length > 0) {
+      steps.push({ what: 'nft delete table', argv: ['nft', '-f', '-'], stdin: `table ip ${NFT_TABLE}\ndelete table ip ${NFT_TABLE}\n`, secret: false, changes: nftDrop.length });
+    }
+  }
+  return steps;
+}

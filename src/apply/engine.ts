@@ -1,0 +1,294 @@
+/**
+ * Plan against live routers and apply: read every router back, diff it against the desired
+ * configuration, re-key what can no longer be installed with its old key, then push the changes
+ * in three cross-node stages (commands.ts). The orchestration only; SSH, files and the clock are
+ * passed in.
+ *
+ * Key rule (brief: an SA is never re-installed with a key it has used before): the state records,
+ * per SA epoch, the nodes its key was pushed to (before the push). An SA that one of those nodes
+ * no longer has, or has with other attributes, gets a new SPI and epoch (rekeySa), hence a new
+ * key, on both ends.
+ */
+import { createHash } from 'node:crypto';
+import type { KeySource, SaKeyId } from '../keys/kdf.js';
+import type { NodeConfig } from '../model/config.js';
+import type { Change, Conflict } from '../diff/diff.js';
+import { addressKey, chainKey, diffNode, findConflicts, policyKey, routeKey, stateKey } from '../diff/diff.js';
+import { countChanges, type Counts } from '../diff/summary.js';
+import { observeNode, type ObservedNode } from '../readback/observed.js';
+import { buildConfigs } from '../spd/build.js';
+import type { State, StateEvent } from '../state/model.js';
+import { rekeySa, saRecord, saRefOfId, type SaRef } from '../state/reconcile.js';
+import type { Net } from '../topology/net.js';
+import type { Templates } from '../render/render.js';
+import { forEachSession, type Outcome, type Sessions } from '../remote/fleet.js';
+import { readRouter, type RemoteRead } from '../remote/read.js';
+import { TransportError } from '../remote/transport.js';
+import { STAGES, stageSteps, type Stage, type Step } from './commands.js';
+
+export interface Progress {
+  /** a node starts a piece of work ("reading", "install: ip -batch (12)") */
+  step(node: string, what: string): void;
+  /** a node is done (summary) or failed */
+  done(node: string, summary: string): void;
+  fail(node: string, error: string): void;
+}
+
+export const silentProgress: Progress = { step() {}, done() {}, fail() {} };
+
+export interface NodeRead {
+  node: string;
+  read?: RemoteRead;
+  observed?: ObservedNode;
+  error?: string;
+}
+
+/** Every node of the topology (routers then clients, in topology order). */
+export function topologyNodes(net: Net): string[] {
+  return [...[...net.routers.values()].sort((a, b) => a.index - b.index), ...[...net.clients.values()].sort((a, b) => a.index - b.index)].map((n) => n.name);
+}
+
+export function sysctlKeys(configs: Map<string, NodeConfig>, node: string): string[] {
+  return configs.get(node)?.sysctls.map((s) => s.key) ?? [];
+}
+
+/** Reads every node back (in parallel) and splits what it holds into onionctl's and foreign. */
+export async function readFleet(
+  net: Net,
+  nodes: readonly string[],
+  sessions: Sessions,
+  parallel: number,
+  keysOf: (node: string) => string[],
+  progress: Progress,
+  o: { xfrmStat?: boolean } = {},
+): Promise<Map<string, NodeRead>> {
+  const pools = [...net.routers.values()].map((r) => r.pool);
+  const outcomes = await forEachSession(nodes, sessions, parallel, async (t, node) => {
+    progress.step(node, 'reading');
+    const read = await readRouter(t, node, { sysctlKeys: keysOf(node), ...(o.xfrmStat ? { xfrmStat: true } : {}) });
+    const observed = observeNode(node, read.outputs, { pools });
+    observed.sysctls = Object.fromEntries(read.sysctls);
+    return { read, observed };
+  });
+  const out = new Map<string, NodeRead>();
+  for (const oc of outcomes) {
+    if (oc.ok) out.set(oc.node, { node: oc.node, ...oc.value });
+    else {
+      progress.fail(oc.node, oc.error.message);
+      out.set(oc.node, { node: oc.node, error: oc.error.message });
+    }
+  }
+  return out;
+}
+
+/** A digest of what a router holds of onionctl's (counters and kernel indexes left out). */
+export function observedDigest(o: ObservedNode): string {
+  const strip = {
+    states: o.states?.owned.map(({ counters: _c, seq: _s, oseq: _o, ...rest }) => rest),
+    policies: o.policies?.owned.map(({ index: _i, ...rest }) => rest),
+    routes: o.routes?.owned.map(({ flags: _f, ...rest }) => rest),
+    addresses: o.addresses?.owned,
+    iptables: o.iptables?.owned,
+    nft: o.nft?.owned,
+    sysctls: o.sysctls,
+  };
+  return createHash('sha256').update(JSON.stringify(strip)).digest('hex').slice(0, 16);
+}
+
+export interface NodePlan {
+  node: string;
+  /** why the node could not be read; it is then left out of the apply */
+  error?: string;
+  changes: Change[];
+  conflicts: Conflict[];
+  digest?: string;
+}
+
+export interface Rekey {
+  sa: string;
+  reason: string;
+  oldSpi: number;
+  newSpi: number;
+}
+
+export interface LivePlan {
+  state: State;
+  events: StateEvent[];
+  configs: Map<string, NodeConfig>;
+  nodes: NodePlan[];
+  rekeys: Rekey[];
+}
+
+const hex32 = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+
+/** the SAs whose current key cannot be (re)installed on some node, with the reason */
+function toRekey(state: State, nodes: NodePlan[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const n of nodes) {
+    for (const c of n.changes) {
+      if (c.kind !== 'state' || c.op === 'remove') continue;
+      const k: SaKeyId = c.desired.key;
+      if (out.has(k.id)) continue;
+      if (c.op === 'replace') {
+        out.set(k.id, `${n.node} holds it with other attributes (${c.fields.map((f) => f.field).join(', ')})`);
+        continue;
+      }
+      const ref = saRefOfId(state, k.id);
+      const rec = ref && saRecord(state, ref);
+      if (rec?.installed?.includes(n.node)) out.set(k.id, `${n.node} lost it (its key was installed there before)`);
+    }
+  }
+  return out;
+}
+
+/**
+ * The live plan: desired configs from `state` (already reconciled with the topology), diffed
+ * against what each node holds; SAs that need a new key are rekeyed in the returned state.
+ */
+export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>, keys: KeySource): LivePlan {
+  let s = state;
+  const rekeys: Rekey[] = [];
+  for (let round = 0; ; round++) {
+    const configs = buildConfigs(net, s);
+    const nodes: NodePlan[] = [...reads.values()].map((r) => {
+      if (!r.observed) return { node: r.node, error: r.error ?? 'not read', changes: [], conflicts: [] };
+      const cfg = configs.get(r.node);
+      if (!cfg) return { node: r.node, error: 'not in the topology', changes: [], conflicts: [] };
+      return { node: r.node, changes: diffNode(cfg, r.observed, { keys }), conflicts: findConflicts(cfg, r.observed), digest: observedDigest(r.observed) };
+    });
+    const due = toRekey(s, nodes);
+    if (due.size === 0 || round >= 3) {
+      if (due.size > 0) throw new Error('internal: rekeying did not settle');
+      return { state: s, events: [], configs, nodes, rekeys };
+    }
+    for (const [id, reason] of [...due].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const ref: SaRef | undefined = saRefOfId(s, id);
+      if (!ref) continue;
+      const r = rekeySa(s, ref);
+      s = r.state;
+      rekeys.push({ sa: id, reason, oldSpi: r.old.spi, newSpi: r.now.spi });
+    }
+  }
+}
+
+/** Every onionctl object a node holds, removed (destroy). Sysctls are left as they are. */
+export function removalChanges(o: ObservedNode): Change[] {
+  const out: Change[] = [];
+  for (const s of o.states?.owned ?? []) out.push({ op: 'remove', kind: 'state', key: stateKey(s.dst, s.proto, s.spi), observed: s });
+  for (const p of o.policies?.owned ?? []) out.push({ op: 'remove', kind: 'policy', key: policyKey(p), observed: p });
+  for (const r of o.routes?.owned ?? []) out.push({ op: 'remove', kind: 'route', key: routeKey(r.table, r.dst, r.metric), observed: r });
+  for (const a of o.addresses?.owned ?? []) out.push({ op: 'remove', kind: 'address', key: addressKey(a.addr, a.dev), observed: a });
+  for (const fw of [o.iptables?.owned, o.nft?.owned]) {
+    if (!fw) continue;
+    for (const c of fw.chains) out.push({ op: 'remove', kind: 'chain', key: chainKey(c), observed: c });
+    for (const r of fw.rules) {
+      const rule = { backend: r.backend, table: r.table, chain: r.chain, text: r.text, ...(r.snat ? { snat: r.snat } : {}), ...(r.filter ? { filter: r.filter } : {}) };
+      out.push({ op: 'remove', kind: r.snat ? 'snat' : 'filter', key: `${chainKey(r)} ${r.text}`, observed: rule });
+    }
+  }
+  return out;
+}
+
+/**
+ * Records, before anything is pushed, that each added SA's key goes to its node (so that a crash
+ * half-way can never lead to installing that key there a second time).
+ */
+export function markInstalled(state: State, nodes: NodePlan[], now: string): State {
+  const s = structuredClone(state);
+  for (const n of nodes) {
+    for (const c of n.changes) {
+      if (c.kind !== 'state' || c.op !== 'add') continue;
+      const ref = saRefOfId(s, c.desired.key.id);
+      const rec = ref && saRecord(s, ref);
+      if (!rec || rec.spi !== c.desired.spi) continue;
+      if (!rec.installed?.includes(n.node)) rec.installed = [...(rec.installed ?? []), n.node].sort();
+      rec.since ??= now;
+    }
+  }
+  return s;
+}
+
+export interface NodeResult {
+  node: string;
+  ok: boolean;
+  counts: Counts;
+  /** stage and step that failed, and the router's message */
+  error?: string;
+  /** stages completed */
+  stages: Stage[];
+}
+
+export interface PushInput {
+  configs: Map<string, NodeConfig>;
+  nodes: NodePlan[];
+  reads: Map<string, NodeRead>;
+  keys: KeySource;
+  templates: Templates;
+  version: string;
+  sessions: Sessions;
+  parallel: number;
+  progress: Progress;
+  /** checked between steps: once aborted, no new step starts */
+  signal?: AbortSignal;
+}
+
+function stepError(node: string, label: string, st: Step, r: { exitCode: number; stderr: string; stdout: string }): TransportError {
+  // never the input (it may hold keys); the router's message names the failing line
+  const msg = (r.stderr || r.stdout).trim().split('\n').filter(Boolean).slice(0, 4).join('; ');
+  return new TransportError(node, `${label}: ${st.what} failed (exit ${r.exitCode})${msg ? `: ${msg}` : ''}`);
+}
+
+/** Pushes each node's changes, stage by stage across all nodes; a failed node stops, others go on. */
+export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
+  const work = p.nodes.filter((n) => !n.error && n.changes.length > 0);
+  const results = new Map<string, NodeResult>(
+    p.nodes.map((n) => [n.node, { node: n.node, ok: !n.error, counts: countChanges(n.changes), stages: [], ...(n.error ? { error: n.error } : {}) }]),
+  );
+  const aborted = () => p.signal?.aborted === true;
+  for (const stage of STAGES) {
+    const live = work.filter((n) => results.get(n.node)!.ok);
+    if (aborted()) break;
+    const outcomes: Outcome<void>[] = await forEachSession(
+      live.map((n) => n.node),
+      p.sessions,
+      p.parallel,
+      async (t, node) => {
+        const n = live.find((x) => x.node === node)!;
+        const read = p.reads.get(node)?.read;
+        const steps = stageSteps(stage, p.configs.get(node)!, n.changes, {
+          keys: p.keys,
+          templates: p.templates,
+          version: p.version,
+          ...(read?.iptables ? { iptables: read.iptables } : {}),
+          ...(read?.outputs.iptablesSave !== undefined ? { iptablesSave: read.outputs.iptablesSave } : {}),
+        });
+        for (const st of steps) {
+          if (aborted()) throw new TransportError(node, `${node}: interrupted before ${stage}: ${st.what}`);
+          p.progress.step(node, `${stage}: ${st.what} (${st.changes} change${st.changes === 1 ? '' : 's'})`);
+          const r = await t.exec(st.argv, { stdin: st.stdin });
+          if (r.exitCode !== 0) throw stepError(node, `${t.label}: ${stage}`, st, r);
+        }
+      },
+    );
+    for (const oc of outcomes) {
+      const res = results.get(oc.node)!;
+      if (oc.ok) res.stages.push(stage);
+      else {
+        res.ok = false;
+        res.error = oc.error.message;
+        p.progress.fail(oc.node, oc.error.message);
+      }
+    }
+  }
+  for (const n of work) {
+    const res = results.get(n.node)!;
+    if (res.ok && res.stages.length < STAGES.length) {
+      res.ok = false;
+      res.error = `${n.node}: interrupted after ${res.stages.at(-1) ?? 'no'} stage`;
+    }
+    if (res.ok) p.progress.done(n.node, `${res.counts.add} added, ${res.counts.change} changed, ${res.counts.destroy} destroyed`);
+  }
+  return [...results.values()];
+}
+
+export const describeRekey = (r: Rekey) => `rekey ${r.sa}: spi ${hex32(r.oldSpi)} -> ${hex32(r.newSpi)} (${r.reason})`;

@@ -1,0 +1,395 @@
+/**
+ * `plan --live`, `apply` and `destroy`: the edge around src/apply/engine.ts (files, SSH, lock,
+ * signals, terminal).
+ */
+import { createHash } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import { z } from 'zod';
+import { describeRekey, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, sysctlKeys, topologyNodes, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
+import { acquireLock, type Lock } from '../apply/lock.js';
+import type { Change } from '../diff/diff.js';
+import { changeJson, countChanges, countsLine, describeChange, formatChanges, type Counts } from '../diff/summary.js';
+import { PROFILES } from '../keys/profiles.js';
+import { rngFactory } from '../pathselect/rng.js';
+import { computePlan } from '../plan/plan.js';
+import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
+import { describeEvent, StateSchema, type State } from '../state/model.js';
+import type { Net } from '../topology/net.js';
+import { loadTemplates, packageVersion, saveState, UserError, writeFileAtomic } from '../util/files.js';
+import { defaultPaths, openKeys, readState, readTopology, type LoadedKeys, type Paths } from './context.js';
+import { cliProgress } from './progress.js';
+import { fleetOptions, type SshCliOptions } from './ssh-options.js';
+
+const out = (s: string) => process.stdout.write(s);
+const note = (s: string) => process.stderr.write(`onionctl: ${s}\n`);
+
+export interface LiveOpts extends SshCliOptions {
+  state?: string;
+  secret?: string;
+  seed?: string;
+  json?: boolean;
+  out?: string;
+  detailedExitcode?: boolean;
+  breakLock?: boolean;
+}
+
+/** Lets tests and the lab swap SSH for another transport. */
+export interface LiveDeps {
+  connector?: (net: Net) => Promise<Connector>;
+}
+
+interface Loaded {
+  net: Net;
+  paths: Paths;
+  topologyText: string;
+  stateText: string | undefined;
+  state: State;
+  fresh: boolean;
+}
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+async function load(topology: string, opts: LiveOpts): Promise<Loaded> {
+  const paths = defaultPaths(topology, opts);
+  const { net } = await readTopology(topology);
+  const topologyText = await fs.readFile(topology, 'utf8');
+  const stateText = await fs.readFile(paths.state, 'utf8').catch(() => undefined);
+  const { state, fresh } = await readState(paths);
+  return { net, paths, topologyText, stateText, state, fresh };
+}
+
+async function connect(net: Net, opts: LiveOpts, deps: LiveDeps): Promise<{ sessions: Sessions; parallel: number }> {
+  const fo = fleetOptions(opts);
+  const connector = deps.connector ? await deps.connector(net) : await sshConnector(net, fo);
+  return { sessions: new Sessions(connector), parallel: fo.parallel ?? 10 };
+}
+
+function circuitsText(net: Net, state: State): string {
+  const lines = ['Circuits:'];
+  for (const c of net.circuits) {
+    const s = state.circuits[c.name];
+    if (s) lines.push(`  ${c.name}: ${c.client} -> ${s.hops.join(' -> ')} -> ${s.to.join(', ')}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+function readErrors(nodes: NodePlan[]): string[] {
+  return nodes.filter((n) => n.error).map((n) => `${n.node}: error: ${n.error}`);
+}
+
+function totals(nodes: NodePlan[]): Counts {
+  return nodes.reduce((t, n) => {
+    const c = countChanges(n.changes);
+    return { add: t.add + c.add, change: t.change + c.change, destroy: t.destroy + c.destroy };
+  }, { add: 0, change: 0, destroy: 0 } as Counts);
+}
+
+// ------------------------------------------------------------------------------------------
+// the plan file
+
+const PlanFileSchema = z.object({
+  format: z.literal('onionctl-plan/v1'),
+  created: z.string(),
+  topology: z.object({ path: z.string(), sha256: z.string() }),
+  stateBefore: z.object({ path: z.string(), sha256: z.string().nullable() }),
+  state: StateSchema,
+  rekeys: z.array(z.string()),
+  events: z.array(z.string()),
+  summary: z.object({ add: z.number(), change: z.number(), destroy: z.number() }),
+  nodes: z.array(
+    z.object({
+      node: z.string(),
+      error: z.string().optional(),
+      digest: z.string().optional(),
+      changes: z.array(z.string()),
+      conflicts: z.array(z.string()),
+    }),
+  ),
+});
+type PlanFile = z.infer<typeof PlanFileSchema>;
+
+const changeLines = (cs: Change[]) => cs.map(describeChange).sort();
+
+function planFile(l: Loaded, live: LivePlan, events: string[]): PlanFile {
+  return {
+    format: 'onionctl-plan/v1',
+    created: new Date().toISOString(),
+    topology: { path: l.paths.topology, sha256: sha256(l.topologyText) },
+    stateBefore: { path: l.paths.state, sha256: l.stateText === undefined ? null : sha256(l.stateText) },
+    state: live.state,
+    rekeys: live.rekeys.map(describeRekey),
+    events,
+    summary: totals(live.nodes),
+    nodes: live.nodes.map((n) => ({
+      node: n.node,
+      ...(n.error ? { error: n.error } : {}),
+      ...(n.digest ? { digest: n.digest } : {}),
+      changes: changeLines(n.changes),
+      conflicts: n.conflicts.map((c) => `${c.kind} ${c.key}: ${c.reason}`),
+    })),
+  };
+}
+
+async function readPlanFile(file: string): Promise<PlanFile> {
+  let text: string;
+  try {
+    text = await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw new UserError(`cannot read plan ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  let j: unknown;
+  try {
+    j = JSON.parse(text);
+  } catch {
+    throw new UserError(`${file} is not a plan written by onionctl plan --out (not JSON)`);
+  }
+  const p = PlanFileSchema.safeParse(j);
+  if (!p.success) throw new UserError(`${file} is not a plan written by onionctl plan --out: ${p.error.issues[0]?.path.join('.')}: ${p.error.issues[0]?.message}`);
+  return p.data;
+}
+
+// ------------------------------------------------------------------------------------------
+
+async function livePlan(l: Loaded, opts: LiveOpts, sessions: Sessions, parallel: number, keys: LoadedKeys, base: State, progressNodes = topologyNodes(l.net)) {
+  const planned = computePlan({ net: l.net, state: base, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
+  const progress = cliProgress(progressNodes);
+  let reads: Map<string, NodeRead>;
+  try {
+    reads = await readFleet(l.net, progressNodes, sessions, parallel, (n) => sysctlKeys(planned.configs, n), progress);
+  } finally {
+    progress.finish();
+  }
+  const live = planAgainst(l.net, planned.state, reads, keys.source);
+  return { live, reads, events: planned.events.map(describeEvent) };
+}
+
+function printPlan(l: Loaded, live: LivePlan, events: string[]): void {
+  out(circuitsText(l.net, live.state));
+  if (events.length > 0) out(['', 'State changes:', ...events.map((e) => `  ${e}`)].join('\n') + '\n');
+  if (live.rekeys.length > 0) out(['', 'New keys (new SPI and epoch on both ends):', ...live.rekeys.map((r) => `  ${describeRekey(r)}`)].join('\n') + '\n');
+  out('\n' + formatChanges(live.nodes.filter((n) => !n.error)));
+  for (const e of readErrors(live.nodes)) out(`${e}\n`);
+}
+
+export async function planLiveCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
+  const l = await load(topology, opts);
+  const keys = await openKeys(l.net, l.state, l.paths);
+  const { sessions, parallel } = await connect(l.net, opts, deps);
+  try {
+    const { live, events } = await livePlan(l, opts, sessions, parallel, keys, l.state);
+    if (opts.json) {
+      out(
+        JSON.stringify(
+          {
+            format: 'onionctl-live-plan/v1',
+            summary: totals(live.nodes),
+            rekeys: live.rekeys.map(describeRekey),
+            events,
+            nodes: live.nodes.map((n) => ({ node: n.node, ...(n.error ? { error: n.error } : {}), summary: countChanges(n.changes), changes: n.changes.map(changeJson), conflicts: n.conflicts })),
+          },
+          null,
+          2,
+        ) + '\n',
+      );
+    } else printPlan(l, live, events);
+    if (opts.out) {
+      await writeFileAtomic(opts.out, JSON.stringify(planFile(l, live, events), null, 2) + '\n', 0o600);
+      if (!opts.json) out(`Saved the plan to ${opts.out}; apply exactly it with: onionctl apply ${topology} ${opts.out}\n`);
+    } else if (!opts.json) out('State not saved (plan --live is a dry run; use --out FILE and apply FILE to apply exactly this plan).\n');
+    if (live.nodes.some((n) => n.error)) return 1;
+    const t = totals(live.nodes);
+    return opts.detailedExitcode && t.add + t.change + t.destroy > 0 ? 2 : 0;
+  } finally {
+    await sessions.closeAll();
+  }
+}
+
+function interruptible(lock: Lock): { signal: AbortSignal; dispose(): void } {
+  const ac = new AbortController();
+  const onSig = (sig: NodeJS.Signals) => {
+    if (ac.signal.aborted) {
+      lock.releaseSync();
+      process.exit(130);
+    }
+    note(`${sig}: finishing the commands already running on routers, starting no new ones (again to quit at once)`);
+    ac.abort();
+  };
+  process.on('SIGINT', onSig);
+  process.on('SIGTERM', onSig);
+  return {
+    signal: ac.signal,
+    dispose() {
+      process.off('SIGINT', onSig);
+      process.off('SIGTERM', onSig);
+    },
+  };
+}
+
+function report(results: NodeResult[], verb: string, signal: AbortSignal): number {
+  const failed = results.filter((r) => !r.ok);
+  const t = results.filter((r) => r.ok).reduce((a, r) => ({ add: a.add + r.counts.add, change: a.change + r.counts.change, destroy: a.destroy + r.counts.destroy }), { add: 0, change: 0, destroy: 0 });
+  for (const r of failed) out(`${r.node}: error: ${r.error}\n`);
+  out(`\n${verb}: ${t.add} added, ${t.change} changed, ${t.destroy} destroyed on ${results.length - failed.length} of ${results.length} nodes.\n`);
+  if (failed.length > 0) {
+    out(`${failed.length} node${failed.length === 1 ? '' : 's'} failed (${failed.map((r) => r.node).join(', ')}); the others are done. Fix the cause and run apply again: it picks up from what each router holds.\n`);
+  }
+  if (signal.aborted) {
+    out('Interrupted: run apply again to finish.\n');
+    return 130;
+  }
+  return failed.length > 0 ? 1 : 0;
+}
+
+async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, keys: LoadedKeys, sessions: Sessions, parallel: number, lock: Lock, verb: string): Promise<number> {
+  // random keys: draw every new SA's key and store it (0600) before anything leaves this machine
+  for (const n of live.nodes) for (const c of n.changes) if (c.kind === 'state' && c.op === 'add') keys.source.key(c.desired.key, PROFILES[c.desired.profile].keyBytes);
+  const live_ids = new Set<string>();
+  for (const cfg of live.configs.values()) for (const s of cfg.states) live_ids.add(`${s.key.id}@${s.key.epoch}#${s.key.spi.toString(16)}`);
+  await keys.persist(l.net.keySource === 'random' ? live_ids : undefined);
+  // the state (new circuits, new epochs, where each key goes) is saved before the first push
+  await saveState(l.paths.state, markInstalled(live.state, live.nodes, new Date().toISOString()));
+
+  const work = live.nodes.filter((n) => !n.error && n.changes.length > 0).map((n) => n.node);
+  const progress = cliProgress(work);
+  const intr = interruptible(lock);
+  let results: NodeResult[];
+  try {
+    results = await pushChanges({
+      configs: live.configs,
+      nodes: live.nodes,
+      reads,
+      keys: keys.source,
+      templates: await loadTemplates(),
+      version: packageVersion(),
+      sessions,
+      parallel,
+      progress,
+      signal: intr.signal,
+    });
+  } finally {
+    progress.finish();
+    intr.dispose();
+  }
+  return report(results, verb, intr.signal);
+}
+
+export async function applyCommand(topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
+  const l = await load(topology, opts);
+  const saved = planPath ? await readPlanFile(planPath) : undefined;
+  if (saved) {
+    if (saved.topology.sha256 !== sha256(l.topologyText)) throw new UserError(`the topology ${topology} changed since the plan ${planPath} was made; run plan --live --out again`);
+    const now = l.stateText === undefined ? null : sha256(l.stateText);
+    if (saved.stateBefore.sha256 !== now) throw new UserError(`the state ${l.paths.state} changed since the plan ${planPath} was made (another apply?); run plan --live --out again`);
+  }
+  const lock = await acquireLock(l.paths.state, `apply ${topology}${planPath ? ` ${planPath}` : ''}`, { breakLock: opts.breakLock === true, note });
+  const keys = await openKeys(l.net, l.state, l.paths);
+  const { sessions, parallel } = await connect(l.net, opts, deps);
+  try {
+    let live: LivePlan;
+    let reads: Map<string, NodeRead>;
+    let events: string[];
+    if (saved) {
+      const nodes = saved.nodes.filter((n) => !n.error).map((n) => n.node);
+      const progress = cliProgress(nodes);
+      try {
+        reads = await readFleet(l.net, nodes, sessions, parallel, (n) => l.net.routers.has(n) || l.net.clients.has(n) ? sysctlKeysFor(l.net, saved.state, n) : [], progress);
+      } finally {
+        progress.finish();
+      }
+      live = planAgainst(l.net, saved.state, reads, keys.source);
+      events = saved.events;
+      const changed: string[] = [];
+      for (const n of saved.nodes) {
+        if (n.error) continue;
+        const now = live.nodes.find((x) => x.node === n.node)!;
+        if (now.error) changed.push(`${n.node} (cannot be read now: ${now.error})`);
+        else if (now.digest !== n.digest || changeLines(now.changes).join('\n') !== n.changes.join('\n')) changed.push(n.node);
+      }
+      if (live.rekeys.length > 0) changed.push(...live.rekeys.map((r) => `SA ${r.sa} (${r.reason})`));
+      if (changed.length > 0) {
+        throw new UserError(`refusing to apply ${planPath}: since it was made, ${changed.length === 1 ? 'this router changed' : 'these routers changed'}: ${changed.join(', ')}; run plan --live --out again`);
+      }
+      const skipped = saved.nodes.filter((n) => n.error).map((n) => n.node);
+      if (skipped.length > 0) note(`the plan could not read ${skipped.join(', ')}; ${skipped.length === 1 ? 'it is' : 'they are'} left out`);
+    } else {
+      ({ live, reads, events } = await livePlan(l, opts, sessions, parallel, keys, l.state));
+    }
+    printPlan(l, live, events);
+    const conflicts = live.nodes.filter((n) => n.conflicts.length > 0);
+    if (conflicts.length > 0) {
+      throw new UserError(`objects that are not onionctl's are in the way on ${conflicts.map((n) => n.node).join(', ')} (marked ! above); nothing was changed`);
+    }
+    const t = totals(live.nodes);
+    if (t.add + t.change + t.destroy === 0 && live.rekeys.length === 0) {
+      if (l.fresh || live.state.serial !== l.state.serial) await saveState(l.paths.state, live.state);
+      out('\nNo changes: every router matches the plan.\n');
+      return readErrors(live.nodes).length > 0 ? 1 : 0;
+    }
+    out('\nApplying:\n');
+    return await push(l, live, reads, keys, sessions, parallel, lock, 'Apply complete');
+  } finally {
+    await sessions.closeAll();
+    await lock.release();
+  }
+}
+
+function sysctlKeysFor(net: Net, state: State, node: string): string[] {
+  const planned = computePlan({ net, state, rngFor: rngFactory('unused'), now: '' });
+  return sysctlKeys(planned.configs, node);
+}
+
+export async function destroyCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
+  const l = await load(topology, opts);
+  const lock = await acquireLock(l.paths.state, `destroy ${topology}`, { breakLock: opts.breakLock === true, note });
+  const keys = await openKeys(l.net, l.state, l.paths);
+  const { sessions, parallel } = await connect(l.net, opts, deps);
+  try {
+    const nodes = topologyNodes(l.net);
+    const progress = cliProgress(nodes);
+    let reads: Map<string, NodeRead>;
+    try {
+      reads = await readFleet(l.net, nodes, sessions, parallel, () => [], progress);
+    } finally {
+      progress.finish();
+    }
+    const planned: NodePlan[] = [...reads.values()].map((r) =>
+      r.observed ? { node: r.node, changes: removalChanges(r.observed), conflicts: [] } : { node: r.node, error: r.error ?? 'not read', changes: [], conflicts: [] },
+    );
+    const live: LivePlan = { state: l.state, events: [], configs: emptyConfigs(l.net, nodes), nodes: planned, rekeys: [] };
+    out(formatChanges(planned.filter((n) => !n.error)));
+    for (const e of readErrors(planned)) out(`${e}\n`);
+    const t = totals(planned);
+    if (t.destroy === 0) {
+      out('\nNothing to destroy: no router holds anything of onionctl\'s.\n');
+      return readErrors(planned).length > 0 ? 1 : 0;
+    }
+    out('\nDestroying:\n');
+    return await push(l, live, reads, keys, sessions, parallel, lock, 'Destroy complete');
+  } finally {
+    await sessions.closeAll();
+    await lock.release();
+  }
+}
+
+function emptyConfigs(net: Net, nodes: string[]): LivePlan['configs'] {
+  const m: LivePlan['configs'] = new Map();
+  for (const n of nodes) {
+    const r = net.routers.get(n);
+    const c = net.clients.get(n);
+    const underlay = (r ?? c)!.underlay.name;
+    m.set(n, {
+      node: n,
+      kind: r ? 'router' : 'client',
+      underlay,
+      states: [],
+      policies: [],
+      addresses: [],
+      routes: [],
+      sysctls: [],
+      firewall: { backend: r ? r.nat : net.nat, snat: [], forward: [] },
+    });
+  }
+  return m;
+}
+
+export { countsLine };

@@ -1,0 +1,112 @@
+/**
+ * Reads a router back in one remote command (one SSH channel, one shell): xfrm states and
+ * policies, routes, lo addresses, iptables (iptables-save, falling back to iptables-legacy-save
+ * where the first does not work, as on kernels without nf_tables), nft, the sysctls onionctl
+ * sets and, on request, /proc/net/xfrm_stat. Output is split into sections by marker lines.
+ *
+ * `ip -s xfrm state` prints keys: the text is parsed in memory (keys become fingerprints) and
+ * never logged or stored.
+ */
+import type { ReadbackOutputs } from '../readback/observed.js';
+import { TransportError, type Transport } from './transport.js';
+
+export interface RemoteRead {
+  outputs: ReadbackOutputs;
+  /** sysctl key -> value ("" when the key does not exist) */
+  sysctls: Map<string, string>;
+  /** which iptables works on the router; undefined: none does */
+  iptables?: { save: string; restore: string };
+  /** nft exists and can list the ruleset */
+  nft: boolean;
+  xfrmStat?: string;
+}
+
+const MARK = '@@onionctl@@';
+
+export interface ReadOptions {
+  sysctlKeys?: string[];
+  xfrmStat?: boolean;
+}
+
+const SYSCTL_KEY = /^[a-z0-9_.-]+$/i;
+
+export function readScript(o: ReadOptions = {}): string {
+  const sec = (name: string) => `echo '${MARK} ${name}'`;
+  const lines = [
+    'export LC_ALL=C',
+    sec('xfrmState'),
+    'ip -s xfrm state || echo "@@onionctl-fail@@"',
+    sec('xfrmPolicy'),
+    'ip xfrm policy || echo "@@onionctl-fail@@"',
+    sec('routes'),
+    'ip route show table main || echo "@@onionctl-fail@@"',
+    sec('addresses'),
+    'ip -4 addr show dev lo || echo "@@onionctl-fail@@"',
+    sec('iptables'),
+    // the first iptables-save that works; its name tells which restore to use
+    'for v in iptables iptables-legacy; do if command -v $v-save >/dev/null 2>&1 && out=$($v-save 2>/dev/null); then echo "@@variant $v"; printf "%s\\n" "$out"; break; fi; done',
+    sec('nft'),
+    'if command -v nft >/dev/null 2>&1 && out=$(nft list ruleset 2>/dev/null); then echo "@@nft ok"; printf "%s\\n" "$out"; else echo "@@nft none"; fi',
+    sec('sysctls'),
+  ];
+  for (const k of o.sysctlKeys ?? []) {
+    if (!SYSCTL_KEY.test(k)) throw new Error(`internal: bad sysctl key ${k}`);
+    const p = `/proc/sys/${k.replace(/\./g, '/')}`;
+    lines.push(`printf '%s=%s\\n' '${k}' "$(cat ${p} 2>/dev/null)"`);
+  }
+  if (o.xfrmStat) lines.push(sec('xfrmStat'), 'cat /proc/net/xfrm_stat 2>/dev/null || true');
+  lines.push(sec('end'));
+  return lines.join('\n') + '\n';
+}
+
+export function parseReadOutput(text: string, node: string): RemoteRead {
+  const sections = new Map<string, string>();
+  let cur: string | undefined;
+  let buf: string[] = [];
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${MARK} `)) {
+      if (cur !== undefined) sections.set(cur, buf.join('\n'));
+      cur = line.slice(MARK.length + 1).trim();
+      buf = [];
+    } else if (cur !== undefined) buf.push(line);
+  }
+  if (!sections.has('end') && cur !== 'end') throw new TransportError(node, `${node}: reading the router back was cut short`);
+  const need = (k: string): string => {
+    const v = sections.get(k);
+    if (v === undefined) throw new TransportError(node, `${node}: read-back lacks ${k}`);
+    if (v.includes('@@onionctl-fail@@')) throw new TransportError(node, `${node}: reading ${k} failed on the router`);
+    return v + '\n';
+  };
+  const outputs: ReadbackOutputs = {
+    xfrmState: need('xfrmState'),
+    xfrmPolicy: need('xfrmPolicy'),
+    routes: need('routes'),
+    addresses: need('addresses'),
+  };
+  const r: RemoteRead = { outputs, sysctls: new Map(), nft: false };
+  const ipt = sections.get('iptables') ?? '';
+  const m = /^@@variant (\S+)\n?/.exec(ipt);
+  if (m) {
+    r.iptables = { save: `${m[1]}-save`, restore: `${m[1]}-restore` };
+    outputs.iptablesSave = ipt.slice(m[0].length);
+  }
+  const nft = sections.get('nft') ?? '';
+  if (nft.startsWith('@@nft ok')) {
+    r.nft = true;
+    outputs.nft = nft.replace(/^@@nft ok\n?/, '');
+  }
+  for (const line of (sections.get('sysctls') ?? '').split('\n')) {
+    const i = line.indexOf('=');
+    if (i > 0) r.sysctls.set(line.slice(0, i), line.slice(i + 1).trim());
+  }
+  if (sections.has('xfrmStat')) r.xfrmStat = sections.get('xfrmStat')!;
+  return r;
+}
+
+export async function readRouter(t: Transport, node: string, o: ReadOptions = {}): Promise<RemoteRead> {
+  const r = await t.exec(['sh', '-s'], { stdin: readScript(o) });
+  if (r.exitCode !== 0) {
+    throw new TransportError(node, `${t.label}: reading the router back failed (exit ${r.exitCode}): ${r.stderr.trim().split('\n').slice(0, 3).join('; ')}`);
+  }
+  return parseReadOutput(r.stdout, node);
+}
