@@ -18,7 +18,7 @@
  */
 import { fingerprint, type KeySource } from '../keys/kdf.js';
 import { PROFILES } from '../keys/profiles.js';
-import type { FilterRule, LocalAddress, NodeConfig, Route, SnatRule, XfrmPolicy, XfrmState } from '../model/config.js';
+import type { FilterRule, LocalAddress, NodeConfig, Route, SnatRule, Sysctl, XfrmPolicy, XfrmState } from '../model/config.js';
 import { formatCidr, formatIPv4, type Cidr } from '../net/addr.js';
 import { iptablesFilterRule, shellWords } from '../readback/firewall.js';
 import type { Backend, ObservedAddress, ObservedFirewall, ObservedNode, ObservedPolicy, ObservedRoute, ObservedState, OwnedChain, OwnedRule } from '../readback/observed.js';
@@ -64,8 +64,10 @@ export type SnatChange = Add<'snat', FwRule> | Remove<'snat', FwRule> | Replace<
 export type FilterChange = Add<'filter', FwRule> | Remove<'filter', FwRule> | Replace<'filter', FwRule, FwRule>;
 /** the rules both sides have are in another order in one of onionctl's chains (key = the chain) */
 export type OrderChange = Replace<'rule-order', string[], string[]>;
+/** a kernel setting onionctl needs (ip_forward, rp_filter) has another value; never removed */
+export type SysctlChange = Replace<'sysctl', Sysctl, string>;
 
-export type Change = StateChange | PolicyChange | RouteChange | AddressChange | ChainChange | SnatChange | FilterChange | OrderChange;
+export type Change = StateChange | PolicyChange | RouteChange | AddressChange | ChainChange | SnatChange | FilterChange | OrderChange | SysctlChange;
 export type ChangeKind = Change['kind'];
 
 export interface DiffOptions {
@@ -364,6 +366,14 @@ export function diffNode(desired: NodeConfig, observed: ObservedNode, opts: Diff
   const only = (b: Backend) => ({ chains: want.chains.filter((c) => c.backend === b), rules: want.rules.filter((r) => r.backend === b) });
   if (observed.iptables) out.push(...diffFirewall(only('iptables'), observed.iptables.owned));
   if (observed.nft) out.push(...diffFirewall(only('nftables'), observed.nft.owned));
+  if (observed.sysctls) {
+    for (const sc of desired.sysctls) {
+      const have = observed.sysctls[sc.key] ?? '';
+      if (have !== sc.value) {
+        out.push({ op: 'replace', kind: 'sysctl', key: sc.key, desired: sc, observed: have, fields: [{ field: 'value', from: have || 'unset', to: sc.value }] });
+      }
+    }
+  }
   return out;
 }
 

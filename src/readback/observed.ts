@@ -144,6 +144,8 @@ export interface ObservedNode {
   addresses?: Split<ObservedAddress, AddressRecord>;
   iptables?: { owned: ObservedFirewall; foreignRules: IptablesRuleRecord[]; foreignChains: IptablesChainRecord[] };
   nft?: { owned: ObservedFirewall; present: boolean; foreignTables: string[] };
+  /** values of the sysctls onionctl sets, as read (the caller fills this in) */
+  sysctls?: Record<string, string>;
 }
 
 /** Command output from one router; leave out what was not read. */
