@@ -49,7 +49,15 @@ export interface Step {
   secret: boolean;
   /** how many changes this step carries */
   changes: number;
+  /**
+   * run instead when `argv` fails because the kernel lacks what it needs (iptables-nft on a
+   * kernel without nf_tables for IPv4: then iptables-legacy)
+   */
+  fallback?: { argv: string[]; when: RegExp };
 }
+
+const NO_NFT = /Operation not supported|Protocol not supported|TABLE_ADD failed|Could not fetch rule set/;
+const legacyFallback = (restore: string) => (restore === 'iptables-restore' ? { fallback: { argv: ['iptables-legacy-restore', '--noflush'], when: NO_NFT } } : {});
 
 export interface CommandContext {
   keys: KeySource;
@@ -180,6 +188,7 @@ export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly 
         stdin: ctx.iptablesSave !== undefined ? withoutExistingJumps(content, ctx.iptablesSave) : content,
         secret: false,
         changes: rewrite.length,
+        ...legacyFallback(ipt.restore),
       });
     } else {
       steps.push({ what: 'nft -f', argv: ['nft', '-f', '-'], stdin: renderNft(desired, opts), secret: false, changes: rewrite.length });

@@ -135,7 +135,8 @@ function toRekey(state: State, nodes: NodePlan[]): Map<string, string> {
       }
       const ref = saRefOfId(state, k.id);
       const rec = ref && saRecord(state, ref);
-      if (rec?.installed?.includes(n.node)) out.set(k.id, `${n.node} lost it (its key was installed there before)`);
+      if (rec && rec.installed === undefined) out.set(k.id, `the state does not record where its key went (written by an older onionctl)`);
+      else if (rec?.installed?.includes(n.node)) out.set(k.id, `${n.node} lost it (its key was installed there before)`);
     }
   }
   return out;
@@ -265,7 +266,11 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
         for (const st of steps) {
           if (aborted()) throw new TransportError(node, `${node}: interrupted before ${stage}: ${st.what}`);
           p.progress.step(node, `${stage}: ${st.what} (${st.changes} change${st.changes === 1 ? '' : 's'})`);
-          const r = await t.exec(st.argv, { stdin: st.stdin });
+          let r = await t.exec(st.argv, { stdin: st.stdin });
+          if (r.exitCode !== 0 && st.fallback && st.fallback.when.test(r.stderr)) {
+            p.progress.step(node, `${stage}: ${st.argv[0]} is not usable on this kernel; ${st.fallback.argv[0]}`);
+            r = await t.exec(st.fallback.argv, { stdin: st.stdin });
+          }
           if (r.exitCode !== 0) throw stepError(node, `${t.label}: ${stage}`, st, r);
         }
       },

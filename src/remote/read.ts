@@ -43,8 +43,17 @@ export function readScript(o: ReadOptions = {}): string {
     sec('addresses'),
     'ip -4 addr show dev lo || echo "@@onionctl-fail@@"',
     sec('iptables'),
-    // the first iptables-save that works; its name tells which restore to use
-    'for v in iptables iptables-legacy; do if command -v $v-save >/dev/null 2>&1 && out=$($v-save 2>/dev/null); then echo "@@variant $v"; printf "%s\\n" "$out"; break; fi; done',
+    // which iptables holds onionctl's chains; else the one in use (iptables-nft warns when legacy
+    // tables exist); its name tells which restore to use
+    'a=; b=; ra=1; rb=1; v=',
+    'if command -v iptables-save >/dev/null 2>&1; then a=$(iptables-save 2>/dev/null); ra=$?; fi',
+    'if command -v iptables-legacy-save >/dev/null 2>&1; then b=$(iptables-legacy-save 2>/dev/null); rb=$?; fi',
+    'if [ $ra = 0 ] && printf "%s" "$a" | grep -q "^:ONIONCTL-"; then v=iptables',
+    'elif [ $rb = 0 ] && printf "%s" "$b" | grep -q "^:ONIONCTL-"; then v=iptables-legacy',
+    'elif [ $ra = 0 ] && ! printf "%s" "$a" | grep -q "legacy tables present"; then v=iptables',
+    'elif [ $rb = 0 ]; then v=iptables-legacy',
+    'elif [ $ra = 0 ]; then v=iptables; fi',
+    'if [ "$v" = iptables ]; then echo "@@variant iptables"; printf "%s\\n" "$a"; elif [ -n "$v" ]; then echo "@@variant iptables-legacy"; printf "%s\\n" "$b"; fi',
     sec('nft'),
     'if command -v nft >/dev/null 2>&1 && out=$(nft list ruleset 2>/dev/null); then echo "@@nft ok"; printf "%s\\n" "$out"; else echo "@@nft none"; fi',
     sec('sysctls'),

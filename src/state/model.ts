@@ -20,6 +20,7 @@ const sa = z.strictObject({
    * nodes this epoch's key has been pushed to (recorded before the push). An SA missing from one
    * of them later (a reboot, a manual delete) is never installed there again with this key: it
    * gets a new epoch and SPI, because its sequence numbers (GCM nonces) would start over.
+   * Absent (a state from before this was recorded): unknown, so any install gets a new epoch.
    */
   installed: z.array(z.string()).optional(),
   /** ISO time this epoch was first pushed (the age used by rekey --due) */

@@ -26,7 +26,7 @@ function allocSa(s: State): SaRecord {
   if (s.next.spi > SPI_LAST || s.next.reqid > REQID_LAST) {
     throw new PlanError('the state has used up onionctl\'s SPI range; start a new state file (every SA will be re-created with fresh keys)');
   }
-  return { spi: s.next.spi++, reqid: s.next.reqid++, epoch: 1 };
+  return { spi: s.next.spi++, reqid: s.next.reqid++, epoch: 1, installed: [] };
 }
 
 /** Identity of an SA, stable across plans; part of key derivation. */
@@ -176,7 +176,7 @@ export function rekeySa(prev: State, ref: SaRef): { state: State; old: SaRecord;
   if (s.next.spi > SPI_LAST) throw new PlanError('the state has used up onionctl\'s SPI range');
   rec.spi = s.next.spi++;
   rec.epoch += 1;
-  delete rec.installed;
+  rec.installed = [];
   delete rec.since;
   s.serial += 1;
   return { state: s, old, now: { ...rec } };
