@@ -18,27 +18,28 @@ import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
-import { stringify as stringifyYaml } from 'yaml';
 import { formatIPv4 } from '../net/addr.js';
 import { kernelHasEsp } from '../lab/esp-probe.js';
 import { formatReport, labTest } from '../lab/check.js';
 import { DirectHost, GuestHost, type LabHost } from '../lab/host.js';
 import { labLayout } from '../lab/layout.js';
 import { formatMapping, remapToLab } from '../lab/remap.js';
-import { labDir, readPointer, readRecord, removePointer, writePointer, writeRecord, type LabRecord } from '../lab/record.js';
-import { labDownInner, labHasNft, labUpInner } from '../lab/run.js';
+import { ctlPaths, labDir, readPointer, readRecord, removePointer, writePointer, writeRecord, type LabRecord } from '../lab/record.js';
+import { CTL_COMMANDS, ctlArgv, labDownInner, labHasNft, labUpInner, rebootNode } from '../lab/run.js';
 import { attachGuest, bootGuest, findGuestProcesses } from '../lab/uml.js';
 import { buildNet } from '../topology/net.js';
 import { parseTopology } from '../topology/load.js';
-import { UserError, writeFileAtomic } from '../util/files.js';
+import { UserError } from '../util/files.js';
 
-export type LabSub = 'up' | 'test' | 'down' | 'demo';
+export type LabSub = 'up' | 'test' | 'down' | 'demo' | 'reboot';
 
 export interface LabOpts {
   seed?: string;
   json?: boolean;
   /** internal: run the inner step (inside the ctl namespace) */
   inner?: boolean;
+  /** reboot: the node */
+  node?: string;
 }
 
 const t0 = Number(process.env.ONIONCTL_LAB_T0) || Date.now();
@@ -64,7 +65,7 @@ let interrupted: string | undefined;
 
 /** Runs `onionctl lab SUB --inner` inside the lab's controller namespace. */
 async function runInner(rec: LabRecord, sub: LabSub, o: LabOpts): Promise<number> {
-  const argv = ['netns', 'exec', rec.ctlNs, process.execPath, binPath(), 'lab', sub, rec.topology, '--inner'];
+  const argv = ['netns', 'exec', rec.ctlNs, process.execPath, binPath(), 'lab', sub, rec.topology, ...(o.node !== undefined ? [o.node] : []), '--inner'];
   if (o.json) argv.push('--json');
   currentInner = execa('ip', argv, { stdio: 'inherit', reject: false, env: { ONIONCTL_LAB_T0: String(t0) } });
   const r = await currentInner;
@@ -112,6 +113,10 @@ async function inner(sub: LabSub, topology: string, o: LabOpts): Promise<number>
   }
   if (sub === 'down') {
     await labDownInner(rec, host);
+    return 0;
+  }
+  if (sub === 'reboot') {
+    await rebootNode(rec, host, o.node!, log);
     return 0;
   }
   const report = await labTest(rec, host, log);
@@ -164,7 +169,8 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
   const rec: LabRecord = {
     id,
     topology: topo,
-    ...(mapping.length > 0 ? { labTopology: path.join(dir, 'topology.yaml') } : {}),
+    // written by the inner step once the nodes' host keys exist (run.ts writeLabTopology)
+    labTopology: ctlPaths(dir).topology,
     mode: esp ? 'direct' : 'uml',
     dir,
     ctlNs: `oc-${id}-ctl`,
@@ -177,12 +183,9 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
     ...(o.seed ? { seed: o.seed } : {}),
   };
   await writeRecord(rec);
-  if (rec.labTopology) {
-    const table = formatMapping(mapping);
-    const header = [`# ${topo} with its addresses moved into lab-safe ranges by onionctl lab (lab ${id}):`, ...table.map((l) => `#   ${l}`)];
-    await writeFileAtomic(rec.labTopology, header.join('\n') + '\n' + stringifyYaml(t), 0o600);
-    log(`${topology} has addresses that are not lab-safe; the lab uses ${rec.labTopology}`);
-    for (const l of table) log(`lab addresses: ${l}`);
+  if (mapping.length > 0) {
+    log(`${topology} has addresses that are not lab-safe; the lab uses a copy with them moved (${rec.labTopology})`);
+    for (const l of formatMapping(mapping)) log(`lab addresses: ${l}`);
   }
   await writePointer(topo, id);
   const untrap = trapSignals();
@@ -219,6 +222,10 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
     if (code !== 0) throw new UserError('bringing the lab up failed (see above); everything it created was removed');
     rec.status = 'up';
     log(`lab ${id} is up: onionctl lab test ${topology}; onionctl lab down ${topology}`);
+    const p = ctlPaths(rec.dir);
+    log(`its nodes take onionctl apply|plan --live|destroy|status like real routers (topology with pinned host keys: ${p.topology}):`);
+    log(`  onionctl lab ctl ${topology} apply      (runs, in namespace ${rec.ctlNs}:`);
+    log(`  onionctl apply ${p.topology} --state ${p.state} --secret ${p.secret} --identity ${p.identity})`);
     return rec;
   } catch (e) {
     log('removing what was created');
@@ -260,7 +267,76 @@ export async function labCommand(sub: LabSub, topology: string, o: LabOpts): Pro
     throw new UserError(`no lab is up for ${topology}; run: onionctl lab up ${topology}`);
   }
   if (sub === 'test') return runInner(rec, 'test', o);
+  if (sub === 'reboot') {
+    if (!rec.layout.nodes.some((n) => n.name === o.node)) {
+      throw new UserError(`no router or client ${o.node} in the lab of ${topology} (nodes: ${rec.layout.nodes.map((n) => n.name).join(', ')})`);
+    }
+    return runInner(rec, 'reboot', o);
+  }
   await teardown(rec, true);
   log(`lab ${rec.id} removed`);
   return 0;
+}
+
+/** The lab of a topology, up and running, for exec and ctl. */
+async function upRecord(topology: string): Promise<LabRecord> {
+  if (process.getuid && process.getuid() !== 0) throw new UserError('the lab\'s namespaces need root');
+  if (!existsSync(topology)) throw new UserError(`cannot read topology ${topology}: ENOENT`);
+  const rec = await findRecord(topology);
+  if (!rec) throw new UserError(`no lab is up for ${topology}; run: onionctl lab up ${topology}`);
+  if (rec.status !== 'up' || !rec.ctl) throw new UserError(`the lab of ${topology} (${rec.id}) is ${rec.status === 'up' ? 'from an older onionctl; run lab down and lab up again' : rec.status}`);
+  return rec;
+}
+
+/**
+ * Runs argv in the lab's controller namespace on this machine, where every node's sshd is
+ * reachable on its management address, with ONIONCTL_LAB_DIR (and the paths of lab.json's `ctl`)
+ * in the environment. A first word `onionctl` runs this very onionctl. SIGINT and SIGTERM are
+ * passed on to the command; its exit code is returned (128+N when signal N ended it).
+ */
+async function runInCtl(rec: LabRecord, argv: readonly string[]): Promise<number> {
+  const cmd = argv[0] === 'onionctl' ? [process.execPath, binPath(), ...argv.slice(1)] : [...argv];
+  const p = rec.ctl!;
+  const child = execa('ip', ['netns', 'exec', rec.ctlNs, ...cmd], {
+    stdio: 'inherit',
+    reject: false,
+    env: {
+      ONIONCTL_LAB_DIR: rec.dir,
+      ONIONCTL_LAB_TOPOLOGY: p.topology,
+      ONIONCTL_LAB_STATE: p.state,
+      ONIONCTL_LAB_SECRET: p.secret,
+      ONIONCTL_LAB_IDENTITY: p.identity,
+      ONIONCTL_LAB_KNOWN_HOSTS: p.knownHosts,
+    },
+  });
+  const pass = (sig: NodeJS.Signals) => child.kill(sig);
+  process.on('SIGINT', pass);
+  process.on('SIGTERM', pass);
+  try {
+    const r = await child;
+    if (r.failed && r.exitCode === undefined && !r.signal) throw new UserError(`cannot run ${argv.join(' ')} in ${rec.ctlNs}: ${r.shortMessage}`);
+    if (r.exitCode !== undefined) return r.exitCode;
+    const signals: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
+    return 128 + (signals[r.signal ?? ''] ?? 1);
+  } finally {
+    process.off('SIGINT', pass);
+    process.off('SIGTERM', pass);
+  }
+}
+
+/** `onionctl lab exec TOPOLOGY -- CMD ARGS...` */
+export async function labExec(topology: string, argv: string[]): Promise<number> {
+  if (argv.length === 0) throw new UserError('lab exec needs a command: onionctl lab exec TOPOLOGY -- CMD ARGS...');
+  return runInCtl(await upRecord(topology), argv);
+}
+
+/**
+ * `onionctl lab ctl TOPOLOGY apply|plan|destroy|status [ARGS...]`: that command on the lab's
+ * topology file (pinned host keys, management addresses), with the lab's state, secret and
+ * controller key, from the controller namespace: exactly what an admin runs against real routers.
+ */
+export async function labCtl(topology: string, sub: string, args: string[]): Promise<number> {
+  if (!(CTL_COMMANDS as readonly string[]).includes(sub)) throw new UserError(`lab ctl runs ${CTL_COMMANDS.join(', ')}, not "${sub}"`);
+  const rec = await upRecord(topology);
+  return runInCtl(rec, ctlArgv(rec, sub, args));
 }

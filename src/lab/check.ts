@@ -4,17 +4,14 @@
  */
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
-import { KdfKeySource } from '../keys/kdf.js';
 import { formatIPv4 } from '../net/addr.js';
 import { buildConfigs } from '../spd/build.js';
-import { stateLine } from '../render/render.js';
-import { loadOrCreateSecret, loadState, saveState } from '../util/files.js';
-import { rekeySa } from '../state/reconcile.js';
+import { loadState } from '../util/files.js';
 import type { State } from '../state/model.js';
 import { AddressBook, compareObservations, destLabel, formatObservations, observe, rowKey, wirePointId, type ObservedRow } from '../audit/observe.js';
 import { pairs, startCapture, type Packet, type Pair } from './capture.js';
 import { inNs, type LabHost } from './host.js';
-import { connectNode, labStatePath, loadLabNet, type Log } from './run.js';
+import { applyLab, labStatePath, loadLabNet, type Log } from './run.js';
 import type { LabRecord } from './record.js';
 import { LabError } from './layout.js';
 
@@ -242,8 +239,9 @@ export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<
 
 /**
  * Deletes the innermost telescope SA of the first circuit on its client, checks that traffic to
- * the destination is dropped and never leaves in clear, then restores the circuit by
- * re-creating that SA on both ends with a new SPI and a new key (never the old one).
+ * the destination is dropped and never leaves in clear, then restores the circuit with
+ * `onionctl apply`, which must re-create that SA on both ends with a new SPI and a new key
+ * (never the old one).
  */
 async function failClosedCheck(rec: LabRecord, host: LabHost, state: State, log: Log): Promise<CheckResult[]> {
   const net = await loadLabNet(rec);
@@ -272,31 +270,23 @@ async function failClosedCheck(rec: LabRecord, host: LabHost, state: State, log:
     detail: `${recv}/3 pings answered, download ${curl.code === 0 ? 'SUCCEEDED' : 'failed'}, ${clear.length} packets in clear on the wire, XfrmOutNoStates +${noStates1 - noStates0}`,
   });
 
-  // restore: a new SPI and a new key on both ends at once
+  // restore with onionctl apply, as an admin would: the client lost an SA whose key it held, so
+  // apply must re-create it on both ends with a new SPI and a new key (never the old one)
   const statePath = labStatePath(rec);
-  const { state: next, old, now } = rekeySa(state, { circuit: def.name, hop: k, dir: 'fwd' });
-  await saveState(statePath, next);
-  const { secret } = await loadOrCreateSecret(path.join(rec.dir, 'secret'));
-  const keys = new KdfKeySource(secret, next.salt);
-  const cfgs = buildConfigs(net, next);
-  const st = cfgs.get(client.name)!.states.find((s) => s.spi === now.spi)!;
-  const line = stateLine(st, keys, 'secret');
-  const delOld = `xfrm state delete src ${formatIPv4(st.src)} dst ${formatIPv4(st.dst)} proto esp spi 0x${old.spi.toString(16)}`;
-  for (const [node, lines] of [[client.name, [line]], [exitName, [delOld, line]]] as const) {
-    const t = await connectNode(rec, rec.layout.nodes.find((n) => n.name === node)!);
-    try {
-      const r = await t.exec(['ip', '-batch', '-'], { stdin: lines.join('\n') + '\n' });
-      if (r.exitCode !== 0) throw new LabError(`${t.label}: re-creating the SA failed: ${r.stderr.trim()}`);
-    } finally {
-      await t.close();
-    }
+  let restored = '';
+  try {
+    await applyLab(rec, log, 'restoring the circuit');
+  } catch (e) {
+    restored = (e as Error).message;
   }
+  const now = (await loadState(statePath)).state.circuits[def.name]!.fwd[k - 1]!;
+  const old = sa;
   const ping2 = await nsExec(host, client.ns, ['ping', '-n', '-c', '3', '-i', '0.2', '-W', '2', dest]);
   const recv2 = Number(/(\d+) (?:packets )?received/.exec(ping2.stdout)?.[1] ?? 0);
   out.push({
-    name: `circuit ${def.name} restored with a fresh SA (SPI 0x${old.spi.toString(16)} -> 0x${now.spi.toString(16)}, epoch ${old.epoch} -> ${now.epoch})`,
-    ok: recv2 >= 2 && now.spi !== old.spi,
-    detail: `${recv2}/3 pings answered`,
+    name: `circuit ${def.name} restored by onionctl apply with a fresh SA (SPI 0x${old.spi.toString(16)} -> 0x${now.spi.toString(16)}, epoch ${old.epoch} -> ${now.epoch})`,
+    ok: recv2 >= 2 && now.spi !== old.spi && now.epoch > old.epoch && restored === '',
+    detail: `${recv2}/3 pings answered${restored ? `; ${restored}` : ''}`,
   });
   log(`  fail-closed capture: ${pkts.length} packets on ${client.name}'s wire, all ESP: ${pkts.every((p) => p.proto === 'esp')}`);
   return out;

@@ -175,18 +175,50 @@ export function rootBatch(l: LabLayout, o: { controllerOnBridge: boolean }): str
   // directly, the controller sits on the management bridge; with User-Mode Linux its address
   // is on the host side of the guest's network device
   if (o.controllerOnBridge) lines.push(`address add ${formatIPv4(l.controllerMgmt)}/${l.mgmtNet.len} dev ${l.bridges.mgmt}`);
-  const pair = (ns: string, i: LabIface) => [
-    `link add ${i.hostVeth} mtu ${i.mtu} type veth peer name ${i.name} mtu ${i.mtu} netns ${ns}`,
+  for (const n of l.nodes) lines.push(...nodeRootBatch(n));
+  for (const s of l.servers) lines.push(`netns add ${s.ns}`, ...vethPair(s.ns, s.iface));
+  return lines;
+}
+
+/** MAC addresses to give a veth pair: its bridge-side end and the end in the namespace. */
+export interface VethMacs {
+  host: string;
+  ns: string;
+}
+
+const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+function vethPair(ns: string, i: LabIface, macs?: VethMacs): string[] {
+  const mac = (m: string | undefined) => {
+    if (m === undefined) return '';
+    if (!MAC_RE.test(m)) throw new Error(`internal: bad MAC address ${m}`);
+    return ` address ${m}`;
+  };
+  return [
+    `link add ${i.hostVeth}${mac(macs?.host)} mtu ${i.mtu} type veth peer name ${i.name}${mac(macs?.ns)} mtu ${i.mtu} netns ${ns}`,
     `link set ${i.hostVeth} master ${i.bridge}`,
     `link set ${i.hostVeth} up`,
   ];
-  for (const n of l.nodes) {
-    lines.push(`netns add ${n.ns}`);
-    lines.push(...pair(n.ns, n.underlay), ...pair(n.ns, n.mgmt));
-    if (n.outside) lines.push(...pair(n.ns, n.outside));
-  }
-  for (const s of l.servers) lines.push(`netns add ${s.ns}`, ...pair(s.ns, s.iface));
-  return lines;
+}
+
+/**
+ * Lines for `ip -batch -` in the lab's root namespace: one node's namespace and its wires.
+ * `macs` (by bridge-side veth name) keeps the addresses a node had, as a rebooted router keeps
+ * its NICs' addresses: its neighbours' ARP entries stay right.
+ */
+export function nodeRootBatch(n: LabNode, macs?: ReadonlyMap<string, VethMacs>): string[] {
+  const pair = (i: LabIface) => vethPair(n.ns, i, macs?.get(i.hostVeth));
+  return [`netns add ${n.ns}`, ...pair(n.underlay), ...pair(n.mgmt), ...(n.outside ? pair(n.outside) : [])];
+}
+
+/** Every veth pair of a node. */
+export function nodeIfaces(n: LabNode): LabIface[] {
+  return [n.underlay, n.mgmt, ...(n.outside ? [n.outside] : [])];
+}
+
+/** The node's bridge ports that do not flood unknown unicast (each capture keeps to its own traffic). */
+export function quietPorts(n: LabNode): string[] {
+  return [n.underlay, ...(n.outside ? [n.outside] : [])].map((i) => i.hostVeth);
 }
 
 /** Lines for `ip -n NS -batch -` inside one node's namespace. */

@@ -35,6 +35,31 @@ export interface LabRecord {
   /** exits whose nftables backend was replaced by iptables because the kernel lacks it */
   nftReplaced: string[];
   seed?: string;
+  /**
+   * What `onionctl apply|plan|destroy|status` need to drive the lab like real routers, from
+   * the controller namespace: `ip netns exec <ctlNs> onionctl apply <topology> --state <state>
+   * --secret <secret> --identity <identity>` (host keys are pinned in the topology; the same
+   * keys are in knownHosts). Written by `lab up` once the nodes' sshd keys exist.
+   */
+  ctl?: LabCtlPaths;
+}
+
+export interface LabCtlPaths {
+  topology: string;
+  state: string;
+  secret: string;
+  identity: string;
+  knownHosts: string;
+}
+
+export function ctlPaths(dir: string): LabCtlPaths {
+  return {
+    topology: path.join(dir, 'topology.yaml'),
+    state: path.join(dir, 'state.json'),
+    secret: path.join(dir, 'secret'),
+    identity: path.join(dir, 'ssh', 'id_ed25519'),
+    knownHosts: path.join(dir, 'ssh', 'known_hosts'),
+  };
 }
 
 export function labDir(id: string): string {

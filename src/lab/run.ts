@@ -5,24 +5,23 @@
  * User-Mode Linux guest when this kernel has no ESP.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import { connect as tcpConnect } from 'node:net';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { execa } from 'execa';
 import ssh2 from 'ssh2';
-import { groupFiles, pushNode } from '../apply/push.js';
-import { KdfKeySource } from '../keys/kdf.js';
 import { formatIPv4 } from '../net/addr.js';
-import { rngFactory } from '../pathselect/rng.js';
-import { computePlan, renderAll } from '../plan/plan.js';
 import { SshTransport } from '../remote/ssh.js';
 import type { Transport } from '../remote/transport.js';
-import { emptyState, type State } from '../state/model.js';
 import { buildNet, type Net } from '../topology/net.js';
 import { parseTopology } from '../topology/load.js';
-import { loadOrCreateSecret, loadState, loadTemplates, packageVersion, saveState, writeFileAtomic } from '../util/files.js';
+import { writeFileAtomic } from '../util/files.js';
 import { inNs, script, type LabHost } from './host.js';
-import { LabError, nodeBatch, rootBatch, serverBatch, type LabNode } from './layout.js';
-import type { LabRecord } from './record.js';
+import { LabError, nodeBatch, nodeIfaces, nodeRootBatch, quietPorts, rootBatch, serverBatch, type LabNode, type VethMacs } from './layout.js';
+import { ctlPaths, type LabRecord } from './record.js';
+import { formatMapping, remapToLab } from './remap.js';
+import { labTopology, labTopologyText } from './topology-file.js';
 
 const sshUtils = ssh2.utils;
 
@@ -105,7 +104,7 @@ async function prepareSshd(rec: LabRecord, n: LabNode, sshDir: string, clientPub
   await fs.writeFile(hostKey, pair.private, { mode: 0o600 });
   const ak = path.join(sshDir, `${n.name}_authorized_keys`);
   await fs.writeFile(ak, clientPub, { mode: 0o600 });
-  const cfg = path.join(sshDir, `${n.name}_sshd_config`);
+  const cfg = sshdConfigPath(rec, n);
   await fs.writeFile(
     cfg,
     [
@@ -131,6 +130,15 @@ async function prepareSshd(rec: LabRecord, n: LabNode, sshDir: string, clientPub
   );
   const pub = pair.public.trim().split(/\s+/);
   return { cfg, known: `${formatIPv4(n.mgmt.addr)} ${pub[0]} ${pub[1]}` };
+}
+
+function sshdConfigPath(rec: LabRecord, n: LabNode): string {
+  return path.join(rec.dir, 'ssh', `${n.name}_sshd_config`);
+}
+
+/** -r: no re-exec per connection (each process start is slow in User-Mode Linux) */
+function sshdCommand(n: LabNode, cfg: string): string {
+  return `nsenter --net=/run/netns/${n.ns} /usr/sbin/sshd -r -f ${cfg}`;
 }
 
 /** Resolves once something answers with an SSH banner (cheaper than a full handshake). */
@@ -165,47 +173,82 @@ export async function connectNode(rec: LabRecord, n: LabNode): Promise<Transport
   );
 }
 
+/**
+ * The network the lab runs: `<lab dir>/topology.yaml`, which already carries what the lab needs
+ * (routeOptions.quickack, `nat: iptables` where the lab kernel has no nf_tables, ssh blocks), so
+ * that `onionctl apply` on that file plans exactly what the lab plans.
+ */
 export async function loadLabNet(rec: LabRecord): Promise<Net> {
-  const { topology } = parseTopology(await fs.readFile(rec.labTopology ?? rec.topology, 'utf8'), rec.labTopology ?? rec.topology);
-  const net = buildNet(topology);
-  net.quickack = true; // delayed ACKs on zero-latency veths stall transfers by 40 ms
-  if (rec.nftReplaced.length > 0) {
-    for (const r of net.routers.values()) {
-      if (!rec.nftReplaced.includes(r.name)) continue;
-      r.nat = 'iptables';
-      if (r.exit) r.exit.nat = 'iptables';
-    }
-    if (net.nat === 'nftables') net.nat = 'iptables';
-  }
-  return net;
+  const file = rec.labTopology ?? rec.topology;
+  const { topology } = parseTopology(await fs.readFile(file, 'utf8'), file);
+  return buildNet(topology);
+}
+
+/**
+ * Writes `<lab dir>/topology.yaml` (0600): the user's topology (moved into lab-safe ranges when
+ * needed, see remap.ts) with an ssh block per node pinning its host key, and records the paths
+ * `onionctl apply` needs in the lab record (rec.ctl).
+ */
+export async function writeLabTopology(rec: LabRecord, hostKeys: ReadonlyMap<string, string>): Promise<void> {
+  const { topology: parsed } = parseTopology(await fs.readFile(rec.topology, 'utf8'), rec.topology);
+  const { topology: t, mapping } = remapToLab(parsed);
+  const paths = ctlPaths(rec.dir);
+  const mgmt = new Map(rec.layout.nodes.map((n) => [n.name, formatIPv4(n.mgmt.addr)]));
+  const header = [
+    `The topology lab ${rec.id} runs, made by onionctl lab up from ${rec.topology}.`,
+    ...(mapping.length > 0 ? ['Its addresses were moved into lab-safe ranges:', ...formatMapping(mapping).map((l) => `  ${l}`)] : []),
+    'Every node is reached over SSH on its management address with its pinned host key, like a real router:',
+    `  ip netns exec ${rec.ctlNs} onionctl apply ${paths.topology} --state ${paths.state} --secret ${paths.secret} --identity ${paths.identity}`,
+    `  (or: onionctl lab ctl ${rec.topology} apply|plan|destroy|status ...)`,
+  ];
+  await writeFileAtomic(paths.topology, labTopologyText(labTopology(t, { mgmt, hostKeys, nftReplaced: rec.nftReplaced }), header), 0o600);
+  rec.labTopology = paths.topology;
+  rec.ctl = paths;
 }
 
 export function labStatePath(rec: LabRecord): string {
-  return path.join(rec.dir, 'state.json');
+  return ctlPaths(rec.dir).state;
 }
 
-/** Plans with the lab's own state and secret (never the user's) and pushes over SSH. */
-export async function applyLab(rec: LabRecord, log: Log, mutate?: (s: State) => State): Promise<{ state: State }> {
-  const net = await loadLabNet(rec);
-  const statePath = labStatePath(rec);
-  const { state: prev } = existsSync(statePath) ? await loadState(statePath) : { state: emptyState(randomBytes(32).toString('hex')) };
-  const plan = computePlan({ net, state: mutate ? mutate(prev) : prev, rngFor: rngFactory(rec.seed), now: new Date().toISOString() });
-  await saveState(statePath, plan.state);
-  const { secret } = await loadOrCreateSecret(path.join(rec.dir, 'secret'));
-  const files = renderAll(plan, { keys: new KdfKeySource(secret, plan.state.salt), mode: 'secret', templates: await loadTemplates(), version: packageVersion() });
-  const byNode = groupFiles(files);
-  await Promise.all(
-    rec.layout.nodes.map(async (n) => {
-      const t = await connectNode(rec, n);
-      try {
-        await pushNode(t, byNode.get(n.name)!, { iptablesRestore: rec.iptablesRestore });
-        log(`  configured ${t.label}`);
-      } finally {
-        await t.close();
-      }
-    }),
-  );
-  return { state: plan.state };
+/** The CLI this module belongs to. */
+export function cliBin(): string {
+  return path.join(path.dirname(fileURLToPath(import.meta.url)), '../cli/bin.js');
+}
+
+export const CTL_COMMANDS = ['apply', 'plan', 'destroy', 'status'] as const;
+
+/**
+ * argv for `onionctl SUB` on the lab's topology file with the lab's state, secret and SSH key
+ * (options already in `args` win), to run in the lab's controller namespace.
+ */
+export function ctlArgv(rec: LabRecord, sub: string, args: readonly string[]): string[] {
+  const p = rec.ctl ?? ctlPaths(rec.dir);
+  const has = (opt: string) => args.some((a) => a === opt || a.startsWith(`${opt}=`));
+  const argv = [process.execPath, cliBin(), sub, p.topology];
+  if (!has('--state')) argv.push('--state', p.state);
+  if (!has('--secret')) argv.push('--secret', p.secret);
+  if (!has('--identity')) argv.push('--identity', p.identity);
+  if (rec.seed && sub !== 'destroy' && !has('--seed')) argv.push('--seed', rec.seed);
+  // the lab's kernel may be emulated (User-Mode Linux), and slow on a busy machine
+  if (!has('--connect-timeout')) argv.push('--connect-timeout', '60');
+  if (!has('--command-timeout')) argv.push('--command-timeout', '600');
+  return [...argv, ...args];
+}
+
+/**
+ * Configures the lab's nodes exactly as an admin configures real routers: `onionctl apply` on
+ * the lab's topology (run from the controller namespace, where this inner step already runs).
+ * Its per-node summary lines go to the log.
+ */
+export async function applyLab(rec: LabRecord, log: Log, what = 'configuring the nodes'): Promise<void> {
+  const [cmd, ...args] = ctlArgv(rec, 'apply', []);
+  const r = await execa(cmd!, args, { reject: false, all: true, timeout: 900_000 });
+  const lines = String(r.all ?? '').split('\n');
+  for (const l of lines) if (/^(\S.*: (error|no changes|\d+ to add)|Plan:|Apply complete|No changes|Interrupted|\d+ nodes? failed)/.test(l)) log(`  apply: ${l}`);
+  if (r.exitCode !== 0) {
+    const errs = lines.filter((l) => /error/.test(l)).slice(0, 6);
+    throw new LabError(`${what} with onionctl apply failed (exit ${r.exitCode ?? r.signal}): ${errs.join('; ') || lines.slice(-4).join('; ')}`);
+  }
 }
 
 /** Creates namespaces, wires, sshd per node and one HTTP server per circuit, then applies. */
@@ -237,14 +280,16 @@ export async function labUpInner(rec: LabRecord, host: LabHost, log: Log): Promi
   const ctl = generateEd25519(`onionctl-lab-${rec.id}-controller`);
   await fs.writeFile(path.join(sshDir, 'id_ed25519'), ctl.private, { mode: 0o600 });
   const known: string[] = [];
+  const hostKeys = new Map<string, string>();
   const start: string[] = ['mkdir -p /run/sshd'];
   for (const n of l.nodes) {
     const { cfg, known: k } = await prepareSshd(rec, n, sshDir, ctl.public + '\n');
     known.push(k);
-    // -r: no re-exec per connection (each process start is slow in User-Mode Linux)
-    start.push(`nsenter --net=/run/netns/${n.ns} /usr/sbin/sshd -r -f ${cfg}`);
+    hostKeys.set(n.name, k.split(' ').slice(1).join(' '));
+    start.push(sshdCommand(n, cfg));
   }
   await writeFileAtomic(path.join(sshDir, 'known_hosts'), known.join('\n') + '\n', 0o600);
+  await writeLabTopology(rec, hostKeys);
   for (const s of l.servers) {
     const a = formatIPv4(s.iface.addr);
     start.push(
@@ -264,6 +309,55 @@ export async function labUpInner(rec: LabRecord, host: LabHost, log: Log): Promi
   log(`  sshd answers in ${l.nodes.length} namespaces (host keys pinned in ${path.join(sshDir, 'known_hosts')}); ${l.servers.length} HTTP servers up`);
   if (process.env.ONIONCTL_LAB_FAIL === 'before-apply') throw new LabError('failing on purpose (ONIONCTL_LAB_FAIL=before-apply)');
   await applyLab(rec, log);
+}
+
+/**
+ * `lab reboot`: what a router looks like after a reboot. Stops the node's sshd and every process
+ * in its namespace, deletes the namespace (with it every xfrm state and policy, route, firewall
+ * rule and sysctl), and builds it again from the lab's layout alone: interfaces, addresses and
+ * the lab's own on-link routes, default sysctls (ip_forward 0), no onionctl configuration; then
+ * starts its sshd again with the same host key.
+ */
+export async function rebootNode(rec: LabRecord, host: LabHost, name: string, log: Log): Promise<void> {
+  const n = rec.layout.nodes.find((x) => x.name === name);
+  if (!n) throw new LabError(`no node ${name} in lab ${rec.id} (nodes: ${rec.layout.nodes.map((x) => x.name).join(', ')})`);
+  const setup = path.join(rec.dir, 'setup');
+  await fs.mkdir(setup, { recursive: true, mode: 0o700 });
+  // a rebooted router keeps its NICs' MAC addresses (its neighbours' ARP entries stay valid)
+  const ifs = nodeIfaces(n);
+  const macText = await script(host, `reading ${n.name}'s MAC addresses`, [
+    ...ifs.map((i) => `echo "${i.hostVeth} $(cat /sys/class/net/${i.hostVeth}/address 2>/dev/null) $(ip -n ${n.ns} -o link show dev ${i.name} 2>/dev/null | awk '{ for (i = 1; i < NF; i++) if ($i == "link/ether") print $(i + 1) }')"`),
+  ]).catch((e: Error) => {
+    throw new LabError(e.message);
+  });
+  const macs = new Map<string, VethMacs>();
+  for (const line of macText.trim().split('\n')) {
+    const [veth, h, m] = line.trim().split(/\s+/);
+    if (veth && h && m) macs.set(veth, { host: h, ns: m });
+  }
+  const rootFile = path.join(setup, `reboot-${n.name}-root.batch`);
+  const nodeFile = path.join(setup, `reboot-${n.name}.batch`);
+  await fs.writeFile(rootFile, nodeRootBatch(n, macs).join('\n') + '\n', { mode: 0o600 });
+  await fs.writeFile(nodeFile, nodeBatch(n, true).join('\n') + '\n', { mode: 0o600 });
+  const pidFile = path.join(rec.dir, `sshd-${n.name}.pid`);
+  const veths = ifs.map((i) => i.hostVeth);
+  await script(host, `rebooting ${n.name}`, [
+    `if [ -f ${pidFile} ]; then kill -TERM "$(cat ${pidFile})" 2>/dev/null || true; rm -f ${pidFile}; fi`,
+    `for p in $(ip netns pids ${n.ns} 2>/dev/null); do kill -KILL $p 2>/dev/null; done; true`,
+    // (a namespace already gone is simply built again)
+    `[ ! -e /run/netns/${n.ns} ] || ip netns del ${n.ns}`,
+    // the namespace goes away asynchronously, and its veth pairs with it
+    `i=0; while ${veths.map((v) => `[ -e /sys/class/net/${v} ]`).join(' || ')}; do i=$((i+1)); [ $i -lt 600 ] || { echo "the old wires of ${n.name} did not go away" >&2; exit 1; }; sleep 0.1; done`,
+    `ip -batch ${rootFile}`,
+    ...quietPorts(n).map((p) => `bridge link set dev ${p} flood off`),
+    `ip -n ${n.ns} -batch ${nodeFile}`,
+    'mkdir -p /run/sshd',
+    sshdCommand(n, sshdConfigPath(rec, n)),
+  ]).catch((e: Error) => {
+    throw new LabError(e.message);
+  });
+  await waitFor(`sshd of ${n.name}`, () => sshBanner(formatIPv4(n.mgmt.addr), 22), 120_000);
+  log(`  ${n.name} rebooted: namespace ${n.ns} rebuilt without onionctl's configuration; sshd answers with the same host key`);
 }
 
 /** Removes every namespace, process and bridge the lab made inside the lab kernel. */
