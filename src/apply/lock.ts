@@ -4,7 +4,7 @@
  * apply killed with SIGKILL) is taken over with a note; any other lock is broken only on request
  * (--break-lock).
  */
-import { promises as fs, rmSync } from 'node:fs';
+import { promises as fs, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import { UserError } from '../util/files.js';
 
@@ -52,18 +52,21 @@ export async function acquireLock(statePath: string, command: string, o: { break
   const info: LockInfo = { user: os.userInfo().username, host: os.hostname(), pid: process.pid, since: new Date().toISOString(), command };
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      await fs.writeFile(file, JSON.stringify(info, null, 2) + '\n', { flag: 'wx', mode: 0o600 });
+      const mine = JSON.stringify(info, null, 2) + '\n';
+      await fs.writeFile(file, mine, { flag: 'wx', mode: 0o600 });
       let held = true;
+      // a lock broken by another run (--break-lock, or taken over as stale) is that run's now:
+      // remove the file only while it still holds what this run wrote
       const release = async () => {
         if (!held) return;
         held = false;
-        await fs.rm(file, { force: true });
+        if ((await fs.readFile(file, 'utf8').catch(() => undefined)) === mine) await fs.rm(file, { force: true });
       };
       const releaseSync = () => {
         if (!held) return;
         held = false;
         try {
-          rmSync(file, { force: true });
+          if (readFileSync(file, 'utf8') === mine) rmSync(file, { force: true });
         } catch {
           /* already gone */
         }
