@@ -1,12 +1,15 @@
 /**
- * One node's ordered changes -> the commands that make them, in three stages that apply runs
- * across all nodes in lock step (stage 1 everywhere, then stage 2, then stage 3):
+ * One node's ordered changes -> the commands that make them, in stages that apply runs across
+ * all nodes in lock step (a stage runs everywhere before the next starts):
  *
- *   install    settings, fail-closed blocks and new SAs. Both ends of every new SA have it before
- *              any policy anywhere points at it.
- *   configure  firewall, allow policies, addresses, routes.
- *   retire     policies, SAs, firewall, routes, addresses and blocks that are no longer wanted,
- *              in that order, once nothing anywhere uses them.
+ *   receive    new SAs on the end that receives through them: a peer never sends with an SPI the
+ *              receiver does not know yet (make-before-break when an SA is rekeyed)
+ *   install    settings, fail-closed blocks and the remaining new SAs (the sending ends)
+ *   configure  firewall, allow policies, addresses, routes: routers first, then clients (the
+ *              engine runs this stage in two waves), so a client switches a circuit to a new path
+ *              only once every mix of that path is ready
+ *   retire     policies, sending SAs, firewall, routes, addresses and blocks no longer wanted
+ *   drain      receiving SAs no longer wanted, once no peer sends with them any more
  *
  * Every command reads its input on stdin (`ip -batch -`, `iptables-restore --noflush`,
  * `nft -f -`, `sysctl --load=-`): SA keys never appear on a command line. Pure.
@@ -18,17 +21,21 @@ import { ROUTE_PROTO } from '../model/config.js';
 import type { OwnedChain } from '../readback/observed.js';
 import { NFT_TABLE, OWNER_COMMENT, policyLine, renderIptables, renderNft, routeLine, stateLine, type Templates } from '../render/render.js';
 import type { Change } from '../diff/diff.js';
-import { orderChanges, phaseOf, type Phase } from '../diff/order.js';
+import { orderChanges, phaseOf } from '../diff/order.js';
 import { withoutExistingJumps } from './push.js';
 
-export const STAGES = ['install', 'configure', 'retire'] as const;
+export const STAGES = ['receive', 'install', 'configure', 'retire', 'drain'] as const;
 export type Stage = (typeof STAGES)[number];
 
-export function stageOf(p: Phase): Stage {
-  switch (p) {
+/** the stage a change runs in; `own(addr)` says whether an address is the node's own */
+export function stageOf(c: Change, own: (addr: number) => boolean): Stage {
+  if (c.kind === 'state') {
+    if (c.op === 'remove') return own(c.observed.dst) ? 'drain' : 'retire';
+    return own(c.desired.dst) ? 'receive' : 'install';
+  }
+  switch (phaseOf(c)) {
     case 'settings':
     case 'fail closed':
-    case 'SAs':
       return 'install';
     case 'firewall':
     case 'policies':
@@ -38,6 +45,12 @@ export function stageOf(p: Phase): Stage {
     default:
       return 'retire';
   }
+}
+
+/** a node's own addresses: its underlay (and an exit's outside) address and its lo addresses */
+export function ownAddresses(cfg: NodeConfig, ifaceAddrs: number[]): (addr: number) => boolean {
+  const set = new Set<number>([...ifaceAddrs, ...cfg.addresses.map((a) => a.addr)]);
+  return (a) => set.has(a);
 }
 
 export interface Step {
@@ -67,6 +80,8 @@ export interface CommandContext {
   iptables?: { save: string; restore: string };
   /** the router's iptables-save output as read (to skip jump rules it already has) */
   iptablesSave?: string;
+  /** the node's own addresses (which end of an SA it is); default: none (every SA "sends") */
+  own?: (addr: number) => boolean;
 }
 
 const hex32 = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
@@ -134,7 +149,10 @@ function iptablesRemoval(chains: OwnedChain[]): string {
  */
 export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly Change[], ctx: CommandContext): Step[] {
   const ordered = orderChanges(changes);
-  const mine = ordered.filter((c) => stageOf(phaseOf(c)) === stage);
+  const own = ctx.own ?? (() => false);
+  // old addresses of this node count as its own too (an SA being drained may use one)
+  const ownOrObserved = (a: number) => own(a) || changes.some((c) => c.kind === 'address' && c.op === 'remove' && c.observed.addr === a);
+  const mine = ordered.filter((c) => stageOf(c, ownOrObserved) === stage);
   const steps: Step[] = [];
   const ipt = ctx.iptables ?? { save: 'iptables-save', restore: 'iptables-restore' };
 
@@ -195,7 +213,7 @@ export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly 
     }
   }
   flushIp();
-  if (stage === 'retire' && dropped.length > 0) {
+  if (stage === 'drain' && dropped.length > 0) {
     const iptDrop = dropped.filter((x) => x.backend === 'iptables');
     if (iptDrop.length > 0) steps.push({ what: 'iptables-restore (remove chains)', argv: [ipt.restore, '--noflush'], stdin: iptablesRemoval(iptDrop), secret: false, changes: iptDrop.length });
     const nftDrop = dropped.filter((x) => x.backend === 'nftables');

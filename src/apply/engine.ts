@@ -24,7 +24,7 @@ import type { Templates } from '../render/render.js';
 import { forEachSession, type Outcome, type Sessions } from '../remote/fleet.js';
 import { readRouter, type RemoteRead } from '../remote/read.js';
 import { TransportError } from '../remote/transport.js';
-import { STAGES, stageSteps, type Stage, type Step } from './commands.js';
+import { ownAddresses, STAGES, stageSteps, type Stage, type Step } from './commands.js';
 
 export interface Progress {
   /** a node starts a piece of work ("reading", "install: ip -batch (12)") */
@@ -135,6 +135,7 @@ function toRekey(state: State, nodes: NodePlan[]): Map<string, string> {
       }
       const ref = saRefOfId(state, k.id);
       const rec = ref && saRecord(state, ref);
+      if (rec && rec.epoch !== k.epoch) continue; // a previous epoch: never re-installed (retireLost)
       if (rec && rec.installed === undefined) out.set(k.id, `the state does not record where its key went (written by an older onionctl)`);
       else if (rec?.installed?.includes(n.node)) out.set(k.id, `${n.node} lost it (its key was installed there before)`);
     }
@@ -146,6 +147,27 @@ function toRekey(state: State, nodes: NodePlan[]): Map<string, string> {
  * The live plan: desired configs from `state` (already reconciled with the topology), diffed
  * against what each node holds; SAs that need a new key are rekeyed in the returned state.
  */
+/**
+ * A previous epoch kept for make-before-break that some node no longer has (rebooted during the
+ * grace period) is dropped everywhere rather than installed again with its old key.
+ */
+function retireLost(state: State, nodes: NodePlan[]): State | undefined {
+  let s: State | undefined;
+  for (const n of nodes) {
+    for (const c of n.changes) {
+      if (c.kind !== 'state' || c.op !== 'add') continue;
+      const ref = saRefOfId(state, c.desired.key.id);
+      const rec = ref && saRecord(s ?? state, ref);
+      if (!rec || rec.epoch === c.desired.key.epoch || !rec.retiring) continue;
+      s ??= structuredClone(state);
+      const r = saRecord(s, ref!)!;
+      r.retiring = r.retiring!.filter((x) => x.epoch !== c.desired.key.epoch);
+      if (r.retiring.length === 0) delete r.retiring;
+    }
+  }
+  return s;
+}
+
 export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>, keys: KeySource): LivePlan {
   let s = state;
   const rekeys: Rekey[] = [];
@@ -157,6 +179,11 @@ export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>
       if (!cfg) return { node: r.node, error: 'not in the topology', changes: [], conflicts: [] };
       return { node: r.node, changes: diffNode(cfg, r.observed, { keys }), conflicts: findConflicts(cfg, r.observed), digest: observedDigest(r.observed) };
     });
+    const dropped = retireLost(s, nodes);
+    if (dropped && round < 3) {
+      s = dropped;
+      continue;
+    }
     const due = toRekey(s, nodes);
     if (due.size === 0 || round >= 3) {
       if (due.size > 0) throw new Error('internal: rekeying did not settle');
@@ -231,6 +258,16 @@ export interface PushInput {
   progress: Progress;
   /** checked between steps: once aborted, no new step starts */
   signal?: AbortSignal;
+  /** each node's interface addresses (underlay, an exit's outside), to tell which end of an SA it is; default none */
+  ifaceAddrs?: Map<string, number[]>;
+}
+
+/** every node's interface addresses, from the topology */
+export function interfaceAddresses(net: Net): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  for (const r of net.routers.values()) m.set(r.name, [r.underlay.addr, ...(r.exit ? [r.exit.iface.addr] : [])]);
+  for (const c of net.clients.values()) m.set(c.name, [c.underlay.addr]);
+  return m;
 }
 
 function stepError(node: string, label: string, st: Step, r: { exitCode: number; stderr: string; stdout: string }): TransportError {
@@ -246,9 +283,15 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
     p.nodes.map((n) => [n.node, { node: n.node, ok: !n.error, counts: countChanges(n.changes), stages: [], ...(n.error ? { error: n.error } : {}) }]),
   );
   const aborted = () => p.signal?.aborted === true;
-  for (const stage of STAGES) {
-    const live = work.filter((n) => results.get(n.node)!.ok);
+  // configure runs on routers before clients: a client moves a circuit only when its mixes are ready
+  type Wave = { stage: Stage; kinds: ('router' | 'client')[] };
+  const waves: Wave[] = STAGES.flatMap((stage): Wave[] =>
+    stage === 'configure' ? [{ stage, kinds: ['router'] }, { stage, kinds: ['client'] }] : [{ stage, kinds: ['router', 'client'] }],
+  );
+  for (const { stage, kinds } of waves) {
+    const live = work.filter((n) => results.get(n.node)!.ok && kinds.includes(p.configs.get(n.node)!.kind));
     if (aborted()) break;
+    if (live.length === 0) continue;
     const outcomes: Outcome<void>[] = await forEachSession(
       live.map((n) => n.node),
       p.sessions,
@@ -256,7 +299,9 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
       async (t, node) => {
         const n = live.find((x) => x.node === node)!;
         const read = p.reads.get(node)?.read;
-        const steps = stageSteps(stage, p.configs.get(node)!, n.changes, {
+        const cfg = p.configs.get(node)!;
+        const steps = stageSteps(stage, cfg, n.changes, {
+          own: ownAddresses(cfg, p.ifaceAddrs?.get(node) ?? []),
           keys: p.keys,
           templates: p.templates,
           version: p.version,
@@ -277,7 +322,9 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
     );
     for (const oc of outcomes) {
       const res = results.get(oc.node)!;
-      if (oc.ok) res.stages.push(stage);
+      if (oc.ok) {
+        if (!res.stages.includes(stage)) res.stages.push(stage);
+      }
       else {
         res.ok = false;
         res.error = oc.error.message;

@@ -5,7 +5,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { z } from 'zod';
-import { describeRekey, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, sysctlKeys, topologyNodes, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
+import { describeRekey, interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, sysctlKeys, topologyNodes, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
 import { acquireLock, type Lock } from '../apply/lock.js';
 import type { Change } from '../diff/diff.js';
 import { changeJson, countChanges, countsLine, describeChange, formatChanges, type Counts } from '../diff/summary.js';
@@ -14,6 +14,8 @@ import { rngFactory } from '../pathselect/rng.js';
 import { computePlan } from '../plan/plan.js';
 import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
 import { describeEvent, StateSchema, type State } from '../state/model.js';
+import { allSas, expireRetiring, rekeySa, rotateCircuits, type SaRef } from '../state/reconcile.js';
+import { dueForRekey } from '../apply/due.js';
 import type { Net } from '../topology/net.js';
 import { loadTemplates, packageVersion, saveState, UserError, writeFileAtomic } from '../util/files.js';
 import { defaultPaths, openKeys, readState, readTopology, type LoadedKeys, type Paths } from './context.js';
@@ -150,17 +152,41 @@ async function readPlanFile(file: string): Promise<PlanFile> {
 
 // ------------------------------------------------------------------------------------------
 
-async function livePlan(l: Loaded, opts: LiveOpts, sessions: Sessions, parallel: number, keys: LoadedKeys, base: State, progressNodes = topologyNodes(l.net)) {
-  const planned = computePlan({ net: l.net, state: base, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
-  const progress = cliProgress(progressNodes);
+/**
+ * Reads the routers and plans against them. `base` is the saved state; retiring keys whose grace
+ * ended are dropped, the topology is reconciled, then `mutate` (rekey, rotate) may change the
+ * state with the read-back in hand.
+ */
+async function livePlan(
+  l: Loaded,
+  opts: LiveOpts,
+  sessions: Sessions,
+  parallel: number,
+  keys: LoadedKeys,
+  base: State,
+  mutate?: (s: State, reads: Map<string, NodeRead>) => { state: State; events: string[] },
+) {
+  const now = new Date().toISOString();
+  const nodes = topologyNodes(l.net);
+  const expired = expireRetiring(base, now);
+  const planned = computePlan({ net: l.net, state: expired.state, rngFor: rngFactory(opts.seed), now });
+  const progress = cliProgress(nodes);
   let reads: Map<string, NodeRead>;
   try {
-    reads = await readFleet(l.net, progressNodes, sessions, parallel, (n) => sysctlKeys(planned.configs, n), progress);
+    reads = await readFleet(l.net, nodes, sessions, parallel, (n) => sysctlKeys(planned.configs, n), progress, { xfrmStat: true });
   } finally {
     progress.finish();
   }
-  const live = planAgainst(l.net, planned.state, reads, keys.source);
-  return { live, reads, events: planned.events.map(describeEvent) };
+  const events = planned.events.map(describeEvent);
+  if (expired.expired > 0) events.push(`${expired.expired} previous key${expired.expired === 1 ? '' : 's'} past their grace period removed`);
+  let state = planned.state;
+  if (mutate) {
+    const m = mutate(state, reads);
+    state = m.state;
+    events.push(...m.events);
+  }
+  const live = planAgainst(l.net, state, reads, keys.source);
+  return { live, reads, events };
 }
 
 function printPlan(l: Loaded, live: LivePlan, events: string[]): void {
@@ -265,6 +291,7 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
       parallel,
       progress,
       signal: intr.signal,
+      ifaceAddrs: interfaceAddresses(l.net),
     });
   } finally {
     progress.finish();
@@ -393,3 +420,147 @@ function emptyConfigs(net: Net, nodes: string[]): LivePlan['configs'] {
 }
 
 export { countsLine };
+
+// ------------------------------------------------------------------------------------------
+// rekey and rotate
+
+export interface RekeyOpts extends LiveOpts {
+  circuit?: string[];
+  all?: boolean;
+  due?: boolean;
+  /** seconds the previous keys stay installed after the new ones (make-before-break) */
+  grace?: number;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** the SAs of the named circuits (both directions, every hop) */
+function circuitSas(state: State, names: string[]): SaRef[] {
+  const out: SaRef[] = [];
+  for (const n of names) {
+    if (!state.circuits[n]) throw new UserError(`no circuit ${n} (circuits: ${Object.keys(state.circuits).join(', ') || 'none'})`);
+    out.push(...allSas(state).map((x) => x.ref).filter((r) => 'circuit' in r && r.circuit === n));
+  }
+  return out;
+}
+
+const refText = (r: SaRef) => ('circuit' in r ? `circuit ${r.circuit} hop ${r.hop} ${r.dir}` : `link ${r.link} ${r.dir}`);
+
+/**
+ * New keys for chosen SAs, make-before-break: the new SA goes onto the receiving end, then the
+ * sending end, while the old one stays; after `grace` seconds the old one is removed from the
+ * senders, then from the receivers. The policies do not change (same reqid).
+ */
+export async function rekeyCommand(topology: string, opts: RekeyOpts, deps: LiveDeps = {}): Promise<number> {
+  const chosen = [opts.all, opts.due, (opts.circuit?.length ?? 0) > 0].filter(Boolean).length;
+  if (chosen !== 1) throw new UserError('say which SAs to rekey: --circuit NAME (repeatable), --all, or --due');
+  const grace = opts.grace ?? 30;
+  const l = await load(topology, opts);
+  const lock = await acquireLock(l.paths.state, `rekey ${topology}`, { breakLock: opts.breakLock === true, note });
+  const keys = await openKeys(l.net, l.state, l.paths);
+  const { sessions, parallel } = await connect(l.net, opts, deps);
+  try {
+    let picked: { ref: SaRef; why: string }[] = [];
+    const retireUntil = new Date(Date.now() + grace * 1000).toISOString();
+    const first = await livePlan(l, opts, sessions, parallel, keys, l.state, (s, reads) => {
+      if (opts.all) picked = allSas(s).map(({ ref }) => ({ ref, why: 'rekey --all' }));
+      else if (opts.circuit) picked = circuitSas(s, opts.circuit).map((ref) => ({ ref, why: 'rekey --circuit' }));
+      else picked = dueSas(l.net, s, reads);
+      let st = s;
+      const events: string[] = [];
+      for (const { ref, why } of picked) {
+        const r = rekeySa(st, ref, { retireUntil });
+        st = r.state;
+        events.push(`${refText(ref)}: spi 0x${r.old.spi.toString(16)} -> 0x${r.now.spi.toString(16)}, epoch ${r.now.epoch} (${why})`);
+      }
+      return { state: st, events };
+    });
+    if (picked.length === 0) {
+      out('Nothing to rekey: no SA is due.\n');
+      return 0;
+    }
+    printPlan(l, first.live, first.events);
+    const conflicts = first.live.nodes.filter((n) => n.conflicts.length > 0);
+    if (conflicts.length > 0) throw new UserError(`objects that are not onionctl's are in the way on ${conflicts.map((n) => n.node).join(', ')}; nothing was changed`);
+    out('\nInstalling the new keys (the previous ones stay until the grace period ends):\n');
+    const rc1 = await push(l, first.live, first.reads, keys, sessions, parallel, lock, 'New keys installed');
+    if (rc1 !== 0) return rc1;
+    if (grace > 0) {
+      out(`\nWaiting ${grace} s (--grace) before removing the previous keys.\n`);
+      await sleep(grace * 1000);
+    }
+    // the grace has ended: plan without the previous epochs, against what the routers hold now
+    const saved = (await readState(l.paths)).state;
+    const l2: Loaded = { ...l, state: saved };
+    const second = await livePlan(l2, opts, sessions, parallel, keys, saved, (s) => {
+      const e = expireRetiring(s, new Date(Date.now() + 1000).toISOString() > retireUntil ? new Date(Date.now() + 1000).toISOString() : retireUntil);
+      return { state: e.state, events: [`${e.expired} previous key${e.expired === 1 ? '' : 's'} removed`] };
+    });
+    out('\nRemoving the previous keys:\n');
+    return await push(l2, second.live, second.reads, keys, sessions, parallel, lock, 'Rekey complete');
+  } finally {
+    await sessions.closeAll();
+    await lock.release();
+  }
+}
+
+/** the SAs due for a new key (soft lifetime reached or too old), from the schedule */
+function dueSas(net: Net, s: State, reads: Map<string, NodeRead>): { ref: SaRef; why: string }[] {
+  return dueForRekey(net, s, reads, new Date());
+}
+
+export interface RotateOpts extends LiveOpts {
+  circuit?: string[];
+  /** e.g. "10m", "2h", "1d" */
+  maxAge?: string;
+}
+
+export function parseDuration(v: string): number {
+  const m = /^([0-9]+(?:\.[0-9]+)?)\s*(s|m|min|h|d)?$/.exec(v.trim());
+  if (!m) throw new UserError(`"${v}" is not a duration (e.g. 90s, 10m, 2h, 1d)`);
+  const n = Number(m[1]);
+  const unit = { s: 1, m: 60, min: 60, h: 3600, d: 86400 }[(m[2] ?? 's') as 's' | 'm' | 'min' | 'h' | 'd'];
+  return n * unit * 1000;
+}
+
+/**
+ * New random paths for circuits older than --max-age (or the named ones), under the same
+ * constraints. Make-before-break: the new path's SAs, mix policies and routes are in place before
+ * the client's policy moves to it (routers are configured before clients); the old path goes last.
+ */
+export async function rotateCommand(topology: string, opts: RotateOpts, deps: LiveDeps = {}): Promise<number> {
+  if ((opts.maxAge === undefined) === !(opts.circuit && opts.circuit.length > 0)) throw new UserError('say which circuits to rotate: --max-age DURATION or --circuit NAME (repeatable)');
+  const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
+  const l = await load(topology, opts);
+  const lock = await acquireLock(l.paths.state, `rotate ${topology}`, { breakLock: opts.breakLock === true, note });
+  const keys = await openKeys(l.net, l.state, l.paths);
+  const { sessions, parallel } = await connect(l.net, opts, deps);
+  try {
+    let names: string[] = [];
+    const now = new Date();
+    const plan = await livePlan(l, opts, sessions, parallel, keys, l.state, (s) => {
+      names =
+        maxAgeMs !== undefined
+          ? Object.entries(s.circuits)
+              .filter(([, c]) => now.getTime() - Date.parse(c.created) >= maxAgeMs)
+              .map(([n]) => n)
+          : opts.circuit!;
+      for (const n of names) if (!s.circuits[n]) throw new UserError(`no circuit ${n} (circuits: ${Object.keys(s.circuits).join(', ') || 'none'})`);
+      if (names.length === 0) return { state: s, events: [] };
+      const r = rotateCircuits(l.net, s, names, rngFactory(opts.seed ? `${opts.seed}/rotate/${now.toISOString()}` : undefined), now.toISOString());
+      return { state: r.state, events: r.events.map(describeEvent) };
+    });
+    if (names.length === 0) {
+      out(`Nothing to rotate: no circuit is older than ${opts.maxAge}.\n`);
+      return 0;
+    }
+    printPlan(l, plan.live, plan.events);
+    const conflicts = plan.live.nodes.filter((n) => n.conflicts.length > 0);
+    if (conflicts.length > 0) throw new UserError(`objects that are not onionctl's are in the way on ${conflicts.map((n) => n.node).join(', ')}; nothing was changed`);
+    out('\nRotating:\n');
+    return await push(l, plan.live, plan.reads, keys, sessions, parallel, lock, 'Rotate complete');
+  } finally {
+    await sessions.closeAll();
+    await lock.release();
+  }
+}

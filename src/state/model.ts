@@ -25,6 +25,13 @@ const sa = z.strictObject({
   installed: z.array(z.string()).optional(),
   /** ISO time this epoch was first pushed (the age used by rekey --due) */
   since: z.string().optional(),
+  /**
+   * previous epochs still installed during a make-before-break rekey (same reqid, older SPI),
+   * removed once `until` has passed
+   */
+  retiring: z
+    .array(z.strictObject({ spi: z.number().int().min(SPI_BASE).max(SPI_LAST), epoch: z.number().int().min(1), until: z.string(), installed: z.array(z.string()).optional() }))
+    .optional(),
 });
 export type SaRecord = z.infer<typeof sa>;
 

@@ -41,7 +41,7 @@ function sameList(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
-export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string): { state: State; events: StateEvent[] } {
+export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string, force: ReadonlySet<string> = new Set()): { state: State; events: StateEvent[] } {
   const s: State = structuredClone(prev);
   const events: StateEvent[] = [];
 
@@ -77,7 +77,7 @@ export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string
       toRepath.push({ def, reason: 'new' });
       continue;
     }
-    const why = invalidReason(net, def, cur);
+    const why = force.has(def.name) ? `rotated (path age ${age(cur.created, now)})` : invalidReason(net, def, cur);
     if (why) {
       toRepath.push({ def, reason: why, old: cur });
       delete s.circuits[def.name];
@@ -90,9 +90,10 @@ export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string
     }
   }
 
-  // addresses in use, per router, by the circuits that stay
+  // addresses in use, per router, by the circuits that stay (and, while rotating, the old paths)
   const used = new Map<string, Set<number>>();
-  for (const c of Object.values(s.circuits)) {
+  const rotating = toRepath.filter((r) => r.old && force.has(r.def.name)).map((r) => r.old!);
+  for (const c of [...Object.values(s.circuits), ...rotating]) {
     c.hops.forEach((h, i) => {
       let u = used.get(h);
       if (!u) used.set(h, (u = new Set()));
@@ -143,6 +144,13 @@ export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string
   return { state: s, events };
 }
 
+function age(from: string, to: string): string {
+  const ms = Date.parse(to) - Date.parse(from);
+  if (!Number.isFinite(ms)) return 'unknown';
+  const min = Math.round(ms / 60_000);
+  return min < 120 ? `${min} min` : `${Math.round(min / 60)} h`;
+}
+
 function invalidReason(net: Net, def: CircuitDef, cur: CircuitState): string | undefined {
   if (cur.client !== def.client) return `client changed from ${cur.client} to ${def.client}`;
   if (cur.hops.length !== def.hops) return `hop count changed from ${cur.hops.length} to ${def.hops}`;
@@ -162,7 +170,7 @@ export type SaRef = { circuit: string; hop: number; dir: 'fwd' | 'rev' } | { lin
  * that point at it stay as they are). The key derivation covers epoch and SPI, so the SA never
  * comes back with a key it used before. Both ends must then install the new SA together.
  */
-export function rekeySa(prev: State, ref: SaRef): { state: State; old: SaRecord; now: SaRecord } {
+export function rekeySa(prev: State, ref: SaRef, opts: { retireUntil?: string } = {}): { state: State; old: SaRecord; now: SaRecord } {
   const s: State = structuredClone(prev);
   let rec: SaRecord | undefined;
   if ('circuit' in ref) {
@@ -174,6 +182,10 @@ export function rekeySa(prev: State, ref: SaRef): { state: State; old: SaRecord;
   if (!rec) throw new PlanError(`no such SA: ${JSON.stringify(ref)}`);
   const old = structuredClone(rec);
   if (s.next.spi > SPI_LAST) throw new PlanError('the state has used up onionctl\'s SPI range');
+  if (opts.retireUntil !== undefined) {
+    // make-before-break: the old epoch stays installed (where it was) until the grace ends
+    rec.retiring = [...(rec.retiring ?? []), { spi: rec.spi, epoch: rec.epoch, until: opts.retireUntil, ...(rec.installed ? { installed: rec.installed } : {}) }];
+  }
   rec.spi = s.next.spi++;
   rec.epoch += 1;
   rec.installed = [];
@@ -209,4 +221,43 @@ export function saRefOfId(s: State, id: string): SaRef | undefined {
     }
   }
   return undefined;
+}
+
+/** Every SA record of the state with its reference (links first, then circuits; stable order). */
+export function allSas(s: State): { ref: SaRef; rec: SaRecord }[] {
+  const out: { ref: SaRef; rec: SaRecord }[] = [];
+  for (const [link, l] of Object.entries(s.links)) {
+    out.push({ ref: { link, dir: 'ab' }, rec: l.ab }, { ref: { link, dir: 'ba' }, rec: l.ba });
+  }
+  for (const [circuit, c] of Object.entries(s.circuits)) {
+    c.fwd.forEach((rec, i) => out.push({ ref: { circuit, hop: i + 1, dir: 'fwd' }, rec }));
+    c.rev.forEach((rec, i) => out.push({ ref: { circuit, hop: i + 1, dir: 'rev' }, rec }));
+  }
+  return out;
+}
+
+/** Drops retiring (previous-epoch) SAs whose grace ended at or before `now`; they are then removed from the routers. */
+export function expireRetiring(prev: State, now: string): { state: State; expired: number } {
+  const s: State = structuredClone(prev);
+  let expired = 0;
+  for (const { rec } of allSas(s)) {
+    if (!rec.retiring) continue;
+    const keep = rec.retiring.filter((r) => r.until > now);
+    expired += rec.retiring.length - keep.length;
+    if (keep.length > 0) rec.retiring = keep;
+    else delete rec.retiring;
+  }
+  if (expired > 0) s.serial += 1;
+  return { state: s, expired };
+}
+
+/**
+ * Re-paths the named circuits now (rotation): new random path under the same constraints, new
+ * generation, addresses and SAs. Their old addresses stay reserved in this step so the new path
+ * never takes over an address the old one still uses (make-before-break).
+ */
+export function rotateCircuits(net: Net, prev: State, names: readonly string[], rngFor: RngFactory, now: string): { state: State; events: StateEvent[] } {
+  const force = new Set(names);
+  for (const n of names) if (!prev.circuits[n]) throw new PlanError(`no circuit ${n} in the state`);
+  return reconcile(net, prev, rngFor, now, force);
 }
