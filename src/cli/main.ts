@@ -11,6 +11,8 @@ import { planCommand, validateCommand } from './plan-command.js';
 import { fractionArg, operatorListArg, type AuditOpts } from './audit-command.js';
 import { formatArg, type GraphOpts } from './graph-command.js';
 import type { LabSub } from './lab-command.js';
+import type { LiveOpts } from './apply-command.js';
+import { addSshOptions } from './ssh-options.js';
 
 // Subcommands beyond validate/plan load their modules when they run: start-up stays quick and a
 // problem in one subcommand's module cannot break the others.
@@ -37,7 +39,7 @@ export function buildProgram(): Command {
       process.exitCode = await validateCommand(topology);
     });
 
-  program
+  const plan = program
     .command('plan')
     .description('choose circuits (kept in the state file) and compute every router\'s configuration')
     .argument('<topology>', 'topology YAML file')
@@ -48,9 +50,92 @@ export function buildProgram(): Command {
     .option('--with-keys', 'write the real keys into --out-dir (files 0600, for apply); never commit these')
     .option('--json', 'print the plan as JSON')
     .option('--no-save-state', 'do not write the state file (dry run)')
-    .action(async (topology: string, opts: PlanOpts) => {
-      process.exitCode = await planCommand(topology, opts);
-    });
+    .option('--live', 'read every router over SSH and show what apply would change (+ add, ~ change, - destroy); never writes the state')
+    .option('--out <file>', 'with --live: save the plan; `apply TOPOLOGY FILE` applies exactly it')
+    .option('--detailed-exitcode', 'with --live: exit 2 when there are changes, 0 when there are none');
+  addSshOptions(plan).action(async (topology: string, opts: PlanOpts & LiveOpts & { live?: boolean }) => {
+    if (opts.live || opts.out || opts.detailedExitcode) {
+      if (!opts.live) throw new UserError('--out and --detailed-exitcode need --live (they describe changes on the routers)');
+      if (opts.outDir || opts.withKeys) throw new UserError('--live reads the routers; --out-dir/--with-keys write files: run them separately');
+      process.exitCode = await (await import('./apply-command.js')).planLiveCommand(topology, opts);
+      return;
+    }
+    process.exitCode = await planCommand(topology, opts);
+  });
+
+  const apply = program
+    .command('apply')
+    .description('read every router over SSH, then push only the changes (new SAs before the policies that use them, old policies out before their SAs); with PLAN, apply exactly that saved plan')
+    .argument('<topology>', 'topology YAML file')
+    .argument('[plan]', 'a plan saved with plan --live --out; refused if a router changed since')
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
+    .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
+    .option('--break-lock', 'take the state lock even though another run holds it');
+  addSshOptions(apply).action(async (topology: string, planFile: string | undefined, opts: LiveOpts) => {
+    process.exitCode = await (await import('./apply-command.js')).applyCommand(topology, planFile, opts);
+  });
+
+  const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
+  const rekey = program
+    .command('rekey')
+    .description('new keys (new SPIs) for chosen SAs without IKE, make-before-break: new SA on the receiver, then the sender, old one removed after --grace')
+    .argument('<topology>', 'topology YAML file')
+    .option('--circuit <name>', 'every SA of this circuit (repeatable)', collect)
+    .option('--all', 'every SA, overlay links included')
+    .option('--due', 'the SAs past their rekey age or soft byte/packet limit (for a cron job or systemd timer)')
+    .option('--grace <seconds>', 'how long the previous keys stay installed after the new ones', (v: string) => {
+      if (!/^[0-9]+$/.test(v) || Number(v) > 86_400) throw new InvalidArgumentError('seconds, 0 to 86400');
+      return Number(v);
+    }, 30)
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
+    .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
+    .option('--break-lock', 'take the state lock even though another run holds it');
+  addSshOptions(rekey).action(async (topology: string, opts: LiveOpts & { circuit?: string[]; all?: boolean; due?: boolean; grace?: number }) => {
+    process.exitCode = await (await import('./apply-command.js')).rekeyCommand(topology, opts);
+  });
+
+  const rotate = program
+    .command('rotate')
+    .description('new random paths (same constraints) for circuits older than --max-age or named with --circuit; the new path is ready before the client moves to it')
+    .argument('<topology>', 'topology YAML file')
+    .option('--max-age <duration>', 'rotate circuits whose path is at least this old (90s, 10m, 2h, 1d)')
+    .option('--circuit <name>', 'rotate this circuit (repeatable)', collect)
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
+    .option('--seed <seed>', 'reproducible path selection', seedArg)
+    .option('--break-lock', 'take the state lock even though another run holds it');
+  addSshOptions(rotate).action(async (topology: string, opts: LiveOpts & { circuit?: string[]; maxAge?: string }) => {
+    process.exitCode = await (await import('./apply-command.js')).rotateCommand(topology, opts);
+  });
+
+  const destroy = program
+    .command('destroy')
+    .description('remove everything onionctl installed on every router (and nothing else); sysctls are left as they are')
+    .argument('<topology>', 'topology YAML file')
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
+    .option('--break-lock', 'take the state lock even though another run holds it');
+  addSshOptions(destroy).action(async (topology: string, opts: LiveOpts) => {
+    process.exitCode = await (await import('./apply-command.js')).destroyCommand(topology, opts);
+  });
+
+  const status = program
+    .command('status')
+    .description('read every router over SSH: each circuit\'s path, per SA its packet, byte and error counters, /proc/net/xfrm_stat problems, and a health verdict (exit 1 when a circuit is down or a router unreachable); never writes the state')
+    .argument('<topology>', 'topology YAML file')
+    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option('--secret <file>', 'accepted like apply\'s; status needs no keys and never opens it')
+    .option('--seed <seed>', 'accepted like plan\'s; status never chooses paths', seedArg)
+    .option('--interval <seconds>', 'read twice, this many seconds apart: show what the counters did in between, and warn only on error counters that rose', (v: string) => {
+      if (!/^[0-9]+$/.test(v) || Number(v) < 1 || Number(v) > 3600) throw new InvalidArgumentError('a whole number of seconds from 1 to 3600');
+      return Number(v);
+    })
+    .option('--json', 'print the status as JSON (format onionctl-status/v1, docs/status.md)');
+  addSshOptions(status).action(async (topology: string, opts: import('./status-command.js').StatusOpts) => {
+    process.exitCode = await (await import('./status-command.js')).statusCommand(topology, opts);
+  });
 
   const lab = program.command('lab').description('build the topology in network namespaces (inside User-Mode Linux when this kernel has no ESP) and prove it works');
   for (const [sub, desc] of [
@@ -65,11 +150,42 @@ export function buildProgram(): Command {
       .argument('<topology>', 'topology YAML file')
       .option('--seed <seed>', 'reproducible path selection', seedArg)
       .option('--json', 'machine-readable report (test)')
+      .option('--no-apply', 'up: build the lab but leave the nodes unconfigured (then: onionctl lab ctl TOPOLOGY apply)')
       .addOption(new Option('--inner', 'internal: the step that runs inside the lab\'s controller namespace').hideHelp())
       .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean }) => {
         process.exitCode = await (await import('./lab-command.js')).labCommand(sub as LabSub, topology, opts);
       });
   }
+  lab
+    .command('reboot')
+    .description('simulate a reboot of one node: its namespace is rebuilt from scratch (no onionctl configuration, ip_forward 0) and its sshd restarted with the same host key')
+    .argument('<topology>', 'topology YAML file')
+    .argument('<node>', 'router or client')
+    .addOption(new Option('--inner', 'internal').hideHelp())
+    .action(async (topology: string, node: string, opts: { inner?: boolean }) => {
+      process.exitCode = await (await import('./lab-command.js')).labCommand('reboot', topology, { ...opts, node });
+    });
+  lab
+    .command('exec')
+    .description('run a command in the lab\'s controller namespace (every node\'s sshd reachable), with ONIONCTL_LAB_DIR set; "onionctl" runs this onionctl')
+    .usage('<topology> -- <command> [args...]')
+    .argument('<topology>', 'topology YAML file')
+    .argument('[command...]', 'the command and its arguments, after --')
+    .allowUnknownOption()
+    .action(async (topology: string, command: string[]) => {
+      process.exitCode = await (await import('./lab-command.js')).labExec(topology, command);
+    });
+  lab
+    .command('ctl')
+    .description('run onionctl apply|plan|destroy|status on the lab\'s nodes like on real routers (lab topology, state, secret and SSH key filled in)')
+    .argument('<topology>', 'topology YAML file')
+    .argument('<command>', 'apply, plan, destroy or status')
+    .argument('[args...]', 'more arguments for that command, e.g. --live, --json, --break-lock')
+    .allowUnknownOption()
+    .helpOption(false)
+    .action(async (topology: string, command: string, args: string[]) => {
+      process.exitCode = await (await import('./lab-command.js')).labCtl(topology, command, args);
+    });
 
   program
     .command('audit')
