@@ -149,13 +149,16 @@ function toRekey(state: State, nodes: NodePlan[]): Map<string, string> {
  */
 /**
  * A previous epoch kept for make-before-break that some node no longer has (rebooted during the
- * grace period) is dropped everywhere rather than installed again with its old key.
+ * grace period), or holds with other attributes, is dropped everywhere rather than installed
+ * again with its old key.
  */
 function retireLost(state: State, nodes: NodePlan[]): State | undefined {
   let s: State | undefined;
   for (const n of nodes) {
     for (const c of n.changes) {
-      if (c.kind !== 'state' || c.op !== 'add') continue;
+      // lost (add) or held with other attributes (replace): a replace can never be pushed, and
+      // rekeying the current epoch would not make it go away (the plan would never settle)
+      if (c.kind !== 'state' || c.op === 'remove') continue;
       const ref = saRefOfId(state, c.desired.key.id);
       const rec = ref && saRecord(s ?? state, ref);
       if (!rec || rec.epoch === c.desired.key.epoch || !rec.retiring) continue;
