@@ -1,7 +1,8 @@
 /**
- * Which SAs `rekey --due` renews: those whose current epoch is older than the rekey age (from
- * the state's `since`, or the router's add time when the state has none), or whose usage on
- * either end has reached its soft byte or packet limit as the router reports it.
+ * Which SAs `rekey --due` renews: those whose current epoch was first pushed longer ago than
+ * the rekey age (the state's `since`), or whose usage on either end has reached its soft byte or
+ * packet limit as the router reports it. (An SA's time limits run on the router's clock from its
+ * add time; the kernel marks it dying at the soft limit, and `status` reports that.)
  */
 import { REKEY_AGE_SECONDS } from '../keys/lifetimes.js';
 import type { ObservedState } from '../readback/observed.js';

@@ -242,7 +242,8 @@ export function expireRetiring(prev: State, now: string): { state: State; expire
   let expired = 0;
   for (const { rec } of allSas(s)) {
     if (!rec.retiring) continue;
-    const keep = rec.retiring.filter((r) => r.until > now);
+    // compared as instants: a hand-edited state may write times in another ISO form
+    const keep = rec.retiring.filter((r) => !(Date.parse(r.until) <= Date.parse(now)));
     expired += rec.retiring.length - keep.length;
     if (keep.length > 0) rec.retiring = keep;
     else delete rec.retiring;
