@@ -40,6 +40,8 @@ export interface LabOpts {
   inner?: boolean;
   /** reboot: the node */
   node?: string;
+  /** up: false (--no-apply) leaves the nodes unconfigured */
+  apply?: boolean;
 }
 
 const t0 = Number(process.env.ONIONCTL_LAB_T0) || Date.now();
@@ -67,6 +69,7 @@ let interrupted: string | undefined;
 async function runInner(rec: LabRecord, sub: LabSub, o: LabOpts): Promise<number> {
   const argv = ['netns', 'exec', rec.ctlNs, process.execPath, binPath(), 'lab', sub, rec.topology, ...(o.node !== undefined ? [o.node] : []), '--inner'];
   if (o.json) argv.push('--json');
+  if (o.apply === false) argv.push('--no-apply');
   currentInner = execa('ip', argv, { stdio: 'inherit', reject: false, env: { ONIONCTL_LAB_T0: String(t0) } });
   const r = await currentInner;
   currentInner = undefined;
@@ -106,7 +109,7 @@ async function inner(sub: LabSub, topology: string, o: LabOpts): Promise<number>
   if (!rec) throw new UserError(`no lab is up for ${topology}`);
   const host = await innerHost(rec);
   if (sub === 'up') {
-    await labUpInner(rec, host, log);
+    await labUpInner(rec, host, log, { apply: o.apply !== false });
     rec.status = 'up';
     await writeRecord(rec);
     return 0;

@@ -251,8 +251,8 @@ export async function applyLab(rec: LabRecord, log: Log, what = 'configuring the
   }
 }
 
-/** Creates namespaces, wires, sshd per node and one HTTP server per circuit, then applies. */
-export async function labUpInner(rec: LabRecord, host: LabHost, log: Log): Promise<void> {
+/** Creates namespaces, wires, sshd per node and one HTTP server per circuit, then applies (unless told not to). */
+export async function labUpInner(rec: LabRecord, host: LabHost, log: Log, o: { apply?: boolean } = {}): Promise<void> {
   const l = rec.layout;
   const setup = path.join(rec.dir, 'setup');
   await fs.mkdir(setup, { recursive: true, mode: 0o700 });
@@ -308,6 +308,10 @@ export async function labUpInner(rec: LabRecord, host: LabHost, log: Log): Promi
   for (const n of l.nodes) await waitFor(`sshd of ${n.name}`, () => sshBanner(formatIPv4(n.mgmt.addr), 22), 120_000);
   log(`  sshd answers in ${l.nodes.length} namespaces (host keys pinned in ${path.join(sshDir, 'known_hosts')}); ${l.servers.length} HTTP servers up`);
   if (process.env.ONIONCTL_LAB_FAIL === 'before-apply') throw new LabError('failing on purpose (ONIONCTL_LAB_FAIL=before-apply)');
+  if (o.apply === false) {
+    log('  nodes left unconfigured (--no-apply)');
+    return;
+  }
   await applyLab(rec, log);
 }
 
