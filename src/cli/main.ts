@@ -177,9 +177,9 @@ export function buildProgram(): Command {
     });
   lab
     .command('ctl')
-    .description('run onionctl apply|plan|destroy|status on the lab\'s nodes like on real routers (lab topology, state, secret and SSH key filled in)')
+    .description('run onionctl apply|plan|destroy|status|rekey|rotate on the lab\'s nodes like on real routers (lab topology, state, secret and SSH key filled in)')
     .argument('<topology>', 'topology YAML file')
-    .argument('<command>', 'apply, plan, destroy or status')
+    .argument('<command>', 'apply, plan, destroy, status, rekey or rotate')
     .argument('[args...]', 'more arguments for that command, e.g. --live, --json, --break-lock')
     .allowUnknownOption()
     .helpOption(false)

@@ -215,7 +215,7 @@ export function cliBin(): string {
   return path.join(path.dirname(fileURLToPath(import.meta.url)), '../cli/bin.js');
 }
 
-export const CTL_COMMANDS = ['apply', 'plan', 'destroy', 'status'] as const;
+export const CTL_COMMANDS = ['apply', 'plan', 'destroy', 'status', 'rekey', 'rotate'] as const;
 
 /**
  * argv for `onionctl SUB` on the lab's topology file with the lab's state, secret and SSH key
