@@ -6,6 +6,7 @@
  */
 import type { Cidr } from '../net/addr.js';
 import type { SaKeyId } from '../keys/kdf.js';
+import { REPLAY_WINDOW_TELESCOPE, type SaKind, type SaLifetime } from '../keys/lifetimes.js';
 import type { CryptoProfileName, NatBackend } from '../topology/schema.js';
 
 export interface XfrmState {
@@ -13,7 +14,16 @@ export interface XfrmState {
   dst: number;
   spi: number;
   reqid: number;
+  /** overlay link or telescope layer (keys/lifetimes.ts gives each kind its options) */
+  kind: SaKind;
+  /** anti-replay window in packets (> 0) */
   replayWindow: number;
+  /** extended sequence numbers (ip xfrm: flag esn) */
+  esn: boolean;
+  /** soft and hard limits (ip xfrm: limit time-soft ... packet-hard) */
+  lifetime: SaLifetime;
+  /** ESP TFC padding: pad packets smaller than this on this layer (ip xfrm: tfcpad) */
+  tfcpad?: number;
   profile: CryptoProfileName;
   key: SaKeyId;
   /** why it exists, e.g. "overlay or1->or2" or "circuit web hop 2 forward" */
@@ -107,4 +117,5 @@ export const PRIORITY_BLOCK = 0x4f0f;
 export const PRIORITY_BAND = [0x4f00, 0x4f0f] as const;
 /** route protocol number marking onionctl's routes (ip route ... proto 79) */
 export const ROUTE_PROTO = 79;
-export const REPLAY_WINDOW = 32;
+/** the telescope SAs' replay window (overlay SAs: keys/lifetimes.ts REPLAY_WINDOW_OVERLAY) */
+export const REPLAY_WINDOW = REPLAY_WINDOW_TELESCOPE;

@@ -9,6 +9,7 @@
  */
 import { formatCidr, formatIPv4, type Cidr } from '../net/addr.js';
 import { fingerprint, type KeySource } from '../keys/kdf.js';
+import type { SaLifetime } from '../keys/lifetimes.js';
 import { PROFILES } from '../keys/profiles.js';
 import { ROUTE_PROTO, type FilterRule, type NodeConfig, type Route, type XfrmPolicy, type XfrmState } from '../model/config.js';
 
@@ -45,15 +46,40 @@ function fill(tmpl: string, vars: Record<string, string>): string {
 
 const hex32 = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
 
+/**
+ * The `limit` words of an SA, one `limit` keyword per value (iproute2 takes one LIMIT after each
+ * `limit`). Absent members are no limit and are left out (the kernel's default is none).
+ */
+export function limitWords(l: SaLifetime): string {
+  const w: string[] = [];
+  const one = (name: string, v: number | undefined) => {
+    if (v !== undefined) w.push(`limit ${name} ${v}`);
+  };
+  one('time-soft', l.soft.addSeconds);
+  one('time-hard', l.hard.addSeconds);
+  one('time-use-soft', l.soft.useSeconds);
+  one('time-use-hard', l.hard.useSeconds);
+  one('byte-soft', l.soft.bytes);
+  one('byte-hard', l.hard.bytes);
+  one('packet-soft', l.soft.packets);
+  one('packet-hard', l.hard.packets);
+  return w.join(' ');
+}
+
 export function stateLine(s: XfrmState, keys: KeySource, mode: KeyMode): string {
   const p = PROFILES[s.profile];
   const key = keys.key(s.key, p.keyBytes);
   // redacted: each key part shows as a one-way fingerprint, enough to see in a diff that it changed
   const show = mode === 'secret' ? (b: Buffer) => `0x${b.toString('hex')}` : (b: Buffer) => `redacted:fp=${fingerprint(b)}`;
   const algo = p.algo(key, show);
+  // iproute2 refuses `flag esn` without a replay window, and moves the window into the ESN replay
+  // context (printed back as "replay-window 0" plus "anti-replay esn context: ... replay_window W")
+  if (s.replayWindow <= 0) throw new Error(`internal: SA ${hex32(s.spi)} has no replay window`);
+  const limits = limitWords(s.lifetime);
   return (
     `xfrm state add src ${formatIPv4(s.src)} dst ${formatIPv4(s.dst)} proto esp spi ${hex32(s.spi)} ` +
-    `reqid ${hex32(s.reqid)} mode tunnel replay-window ${s.replayWindow} ${algo}`
+    `reqid ${hex32(s.reqid)} mode tunnel replay-window ${s.replayWindow}${s.esn ? ' flag esn' : ''} ${algo}` +
+    `${limits ? ` ${limits}` : ''}${s.tfcpad !== undefined ? ` tfcpad ${s.tfcpad}` : ''}`
   );
 }
 

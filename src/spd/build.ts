@@ -12,14 +12,16 @@
  *    telescope layer plus the overlay back (`out`); the client's `in` policy checks all k+1;
  *  - outbound templates are `level required` (the kernel refuses optional ones there), and a
  *    lower-precedence block policy per destination makes a circuit fail closed;
- *  - every SA is installed on both of its ends with the same SPI and key.
+ *  - every SA is installed on both of its ends with the same SPI and key;
+ *  - every SA carries soft and hard lifetimes, a replay window and (overlay links) ESN, from
+ *    keys/lifetimes.ts; circuits may ask for TFC padding on chosen layers.
  */
 import { ANY, hostCidr, type Cidr } from '../net/addr.js';
+import { saOptions, type SaKind } from '../keys/lifetimes.js';
 import { PROFILES, mssFor, nestedMtu } from '../keys/profiles.js';
 import {
   PRIORITY_BLOCK,
   PRIORITY_CIRCUIT,
-  REPLAY_WINDOW,
   type NodeConfig,
   type XfrmPolicy,
   type XfrmState,
@@ -37,6 +39,8 @@ interface Sa {
   dst: number;
   id: string;
   comment: string;
+  kind: SaKind;
+  tfcpad?: number;
 }
 
 function tmpl(sa: Sa): XfrmTmpl {
@@ -63,30 +67,59 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
   const addrOf = (name: string) => net.nodes.get(name)!.underlay.addr;
 
   const install = (sa: Sa, ...nodes: string[]) => {
+    // replay window, ESN and soft/hard lifetimes per kind of SA: keys/lifetimes.ts
+    const opts = saOptions(sa.kind, net.crypto);
     const st: XfrmState = {
       src: sa.src,
       dst: sa.dst,
       spi: sa.rec.spi,
       reqid: sa.rec.reqid,
-      replayWindow: REPLAY_WINDOW,
+      kind: sa.kind,
+      replayWindow: opts.replayWindow,
+      esn: opts.esn,
+      lifetime: opts.lifetime,
+      ...(sa.tfcpad !== undefined ? { tfcpad: sa.tfcpad } : {}),
       profile: net.crypto,
       key: { id: sa.id, epoch: sa.rec.epoch, spi: sa.rec.spi },
       comment: sa.comment,
     };
     for (const n of nodes) cfg(n).states.push(st);
+    // make-before-break: the previous epoch stays on both ends until its grace period ends
+    for (const old of sa.rec.retiring ?? []) {
+      const prev: XfrmState = { ...st, spi: old.spi, key: { id: sa.id, epoch: old.epoch, spi: old.spi }, comment: `${sa.comment} (previous key, retiring)` };
+      for (const n of nodes) cfg(n).states.push(prev);
+    }
+  };
+
+  // TFC padding on overlay links, asked for by circuits that run over them: an overlay SA is
+  // shared by every circuit on its link, so the largest size asked for wins (both directions)
+  const overlayPad = new Map<string, number>();
+  for (const def of net.circuits) {
+    const c = state.circuits[def.name];
+    if (!def.tfcpad?.overlay || !c) continue;
+    const path = [c.client, ...c.hops];
+    for (let i = 0; i + 1 < path.length; i++) {
+      const lk = linkKey(path[i]!, path[i + 1]!);
+      overlayPad.set(lk, Math.max(overlayPad.get(lk) ?? 0, def.tfcpad.size));
+    }
+  }
+  const padOf = (lk: string) => {
+    const n = overlayPad.get(lk);
+    return n !== undefined ? { tfcpad: n } : {};
   };
 
   // overlay SAs, both directions, on both ends
   for (const [k, l] of Object.entries(state.links)) {
     if (!net.nodes.has(l.a) || !net.nodes.has(l.b)) throw new Error(`state link ${k} names a node that is not in the topology`);
-    install({ rec: l.ab, src: addrOf(l.a), dst: addrOf(l.b), id: linkSaId(l.a, l.b), comment: `overlay ${l.a}->${l.b}` }, l.a, l.b);
-    install({ rec: l.ba, src: addrOf(l.b), dst: addrOf(l.a), id: linkSaId(l.b, l.a), comment: `overlay ${l.b}->${l.a}` }, l.a, l.b);
+    const pad = padOf(linkKey(l.a, l.b));
+    install({ rec: l.ab, src: addrOf(l.a), dst: addrOf(l.b), id: linkSaId(l.a, l.b), comment: `overlay ${l.a}->${l.b}`, kind: 'overlay', ...pad }, l.a, l.b);
+    install({ rec: l.ba, src: addrOf(l.b), dst: addrOf(l.a), id: linkSaId(l.b, l.a), comment: `overlay ${l.b}->${l.a}`, kind: 'overlay', ...pad }, l.a, l.b);
   }
   const overlay = (from: string, to: string): Sa => {
     const l = state.links[linkKey(from, to)];
     if (!l) throw new Error(`no overlay link ${from} - ${to} in the state`);
     const rec = l.a === from ? l.ab : l.ba;
-    return { rec, src: addrOf(from), dst: addrOf(to), id: linkSaId(from, to), comment: `overlay ${from}->${to}` };
+    return { rec, src: addrOf(from), dst: addrOf(to), id: linkSaId(from, to), comment: `overlay ${from}->${to}`, kind: 'overlay' };
   };
 
   const routersSeen = new Set<string>();
@@ -97,12 +130,16 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
     const client = net.clients.get(c.client)!;
     const A = c.addrs.map(parseIPv4);
     const dests: Cidr[] = c.to.map(parseCidr);
+    // TFC padding on the telescope layers the circuit asks for (layer i = hop i's SAs, both ways)
+    const pad = (i: number) => (def.tfcpad?.telescope.includes(i + 1) ? { tfcpad: def.tfcpad.size } : {});
     const tf: Sa[] = c.hops.map((h, i) => ({
       rec: c.fwd[i]!,
       src: A[i]!,
       dst: addrOf(h),
       id: circuitSaId(def.name, c.generation, i + 1, 'fwd'),
       comment: `circuit ${def.name} hop ${i + 1} forward`,
+      kind: 'telescope',
+      ...pad(i),
     }));
     const tr: Sa[] = c.hops.map((h, i) => ({
       rec: c.rev[i]!,
@@ -110,6 +147,8 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       dst: A[i]!,
       id: circuitSaId(def.name, c.generation, i + 1, 'rev'),
       comment: `circuit ${def.name} hop ${i + 1} reverse`,
+      kind: 'telescope',
+      ...pad(i),
     }));
 
     // ---- client

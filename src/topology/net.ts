@@ -67,6 +67,8 @@ export interface CircuitDef {
   hops: number;
   distinctCountries: boolean;
   distinct16: boolean;
+  /** TFC padding (size in bytes) on telescope layers (1-based hop numbers) and/or the overlay links of the path */
+  tfcpad?: { size: number; telescope: number[]; overlay: boolean };
   index: number;
 }
 
@@ -93,6 +95,12 @@ const DEFAULT_MTU = 1500;
 function iface(u: { interface: string; address: string; mtu?: number | undefined }): Iface {
   const a = parseIfAddr(u.address);
   return { name: u.interface, addr: a.addr, len: a.len, mtu: u.mtu ?? DEFAULT_MTU };
+}
+
+function tfcpadOf(p: NonNullable<Topology['circuits'][number]['tfcpad']>, k: number): NonNullable<CircuitDef['tfcpad']> {
+  const all = Array.from({ length: k }, (_, i) => i + 1);
+  if (Array.isArray(p.layers)) return { size: p.size, telescope: [...new Set(p.layers)].sort((a, b) => a - b), overlay: false };
+  return { size: p.size, telescope: p.layers === 'overlay' ? [] : all, overlay: p.layers !== 'telescope' };
 }
 
 export function linkKey(a: string, b: string): string {
@@ -170,6 +178,7 @@ export function buildNet(t: Topology): Net {
     hops: c.hops ?? t.hops,
     distinctCountries: c.distinct?.countries ?? t.distinct.countries ?? false,
     distinct16: c.distinct?.subnets16 ?? t.distinct.subnets16 ?? false,
+    ...(c.tfcpad ? { tfcpad: tfcpadOf(c.tfcpad, c.hops ?? t.hops) } : {}),
     index,
   }));
   return {

@@ -113,12 +113,33 @@ const operator = z.strictObject({
 
 const link = z.tuple([name, name]);
 
+/** ESP TFC padding: the kernel caps the padded length at the layer's path MTU. */
+export const TFCPAD_MIN = 64;
+export const TFCPAD_MAX = 65535;
+export const TFCPAD_LAYER_SETS = ['telescope', 'overlay', 'all'] as const;
+
+/**
+ * Per-circuit TFC padding (ip xfrm state ... tfcpad SIZE): packets shorter than `size` are padded
+ * to it on the chosen layers, in both directions. `layers`: telescope layer numbers 1..k (1 is
+ * the entry's, k the exit's, innermost), or "telescope" (all k), "overlay" (the overlay links
+ * the circuit runs over: shared with other circuits, so it pads all their traffic too), "all".
+ */
+const tfcpad = z.strictObject({
+  size: z
+    .number()
+    .int()
+    .min(TFCPAD_MIN, `tfcpad size must be at least ${TFCPAD_MIN} bytes`)
+    .max(TFCPAD_MAX, `tfcpad size must be at most ${TFCPAD_MAX} bytes (the kernel pads to at most the path MTU anyway)`),
+  layers: z.union([z.enum(TFCPAD_LAYER_SETS), z.array(z.number().int().min(1, 'telescope layers are numbered from 1 (the entry) to k (the exit)')).min(1)]).default('telescope'),
+});
+
 const circuit = z.strictObject({
   name,
   client: name,
   to: z.array(cidr).min(1),
   hops: hops.optional(),
   distinct: distinct.optional(),
+  tfcpad: tfcpad.optional(),
 });
 
 const keys = z.strictObject({

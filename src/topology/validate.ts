@@ -126,6 +126,18 @@ export function validateSemantics(t: Topology): SemanticIssue[] {
     }
     same.push({ j: i, to });
   });
+  // TFC padding: telescope layer numbers exist in this circuit (1..k) and are listed once
+  t.circuits.forEach((c, i) => {
+    const layers = c.tfcpad?.layers;
+    if (!Array.isArray(layers)) return;
+    const k = c.hops ?? t.hops;
+    const seen = new Set<number>();
+    layers.forEach((l, j) => {
+      if (l > k) add(['circuits', i, 'tfcpad', 'layers', j], `circuit "${c.name}" has ${k} telescope layers (1 = the entry's, ${k} = the exit's); there is no layer ${l}`);
+      else if (seen.has(l)) add(['circuits', i, 'tfcpad', 'layers', j], `layer ${l} is listed twice`);
+      seen.add(l);
+    });
+  });
   t.routers.forEach((r, i) => {
     if (r.exit && r.exit.interface && r.exit.interface !== r.underlay.interface && !r.exit.address) {
       add(['routers', i, 'exit'], `exit interface "${r.exit.interface}" differs from the underlay interface, so the exit needs its own "address"`);

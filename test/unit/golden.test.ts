@@ -225,7 +225,7 @@ describe('golden files agree with XFRM-FACTS "One working circuit"', () => {
     expect(lines('or3', 'sysctl')).toContain('net.ipv4.ip_forward = 1');
   });
 
-  test('every SA is on both of its ends, with the same SPI, reqid and (fingerprinted) key, tunnel mode, replay-window 32', () => {
+  test('every SA is on both of its ends, with the same SPI, reqid and (fingerprinted) key, tunnel mode, replay window, ESN on overlays, lifetimes', () => {
     const owner = new Map<string, string>([
       [A, 'alice'],
       [c1, 'alice'],
@@ -238,7 +238,12 @@ describe('golden files agree with XFRM-FACTS "One working circuit"', () => {
     const seen = new Map<string, { nodes: string[]; line: string }>();
     for (const node of ['alice', 'or1', 'or2', 'or3']) {
       for (const s of states(node)) {
-        expect(s.rest).toMatch(/^replay-window 32 aead rfc4106\(gcm\(aes\)\) redacted:fp=[0-9a-f]{12} 128$/);
+        const overlay = [A, OR1, OR2, OR3].includes(s.src) && [A, OR1, OR2, OR3].includes(s.dst);
+        expect(s.rest).toMatch(
+          overlay
+            ? /^replay-window 128 flag esn aead rfc4106\(gcm\(aes\)\) redacted:fp=[0-9a-f]{12} 128 limit time-soft 3600 limit time-hard 604800 limit byte-soft 68719476736 limit byte-hard 274877906944 limit packet-soft 4294967296 limit packet-hard 17179869184$/
+            : /^replay-window 32 aead rfc4106\(gcm\(aes\)\) redacted:fp=[0-9a-f]{12} 128 limit time-soft 3600 limit time-hard 604800 limit byte-soft 68719476736 limit byte-hard 274877906944 limit packet-soft 2147483648 limit packet-hard 4026531840$/,
+        );
         const line = `${s.src} ${s.dst} ${s.spi} ${s.reqid} ${s.rest}`;
         const prev = seen.get(s.spi);
         if (prev) {

@@ -12,7 +12,7 @@ import { KdfKeySource, fingerprint } from '../../src/keys/kdf.js';
 import { PROFILES } from '../../src/keys/profiles.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan, filesDigest, renderAll, type Plan } from '../../src/plan/plan.js';
-import { policyLine, renderIptables, renderNft, renderNode, type RenderedFile, type Templates } from '../../src/render/render.js';
+import { limitWords, policyLine, renderIptables, renderNft, renderNode, stateLine, type RenderedFile, type Templates } from '../../src/render/render.js';
 import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
 import { loadTemplates } from '../../src/util/files.js';
@@ -143,10 +143,30 @@ describe('the .ip file', () => {
       for (const line of f.content.split('\n')) {
         if (line === '' || line.startsWith('#')) continue;
         expect(line).toMatch(
-          /^(xfrm state add src [\d.]+ dst [\d.]+ proto esp spi 0x4f[0-9a-f]{6} reqid 0x4f[0-9a-f]{6} mode tunnel replay-window 32 aead rfc4106\(gcm\(aes\)\) redacted:fp=[0-9a-f]{12} 128|xfrm policy update src [\d./]+ dst [\d./]+( proto esp)? dir (out|in|fwd) priority \d+( action block)?( tmpl src [\d.]+ dst [\d.]+ proto esp reqid 0x4f[0-9a-f]{6} mode tunnel level required)*|address replace [\d.]+\/32 dev lo|route replace [\d./]+ via [\d.]+ dev \w+( src [\d.]+)? proto 79( mtu \d+ advmss \d+)?) # .+$/,
+          /^(xfrm state add src [\d.]+ dst [\d.]+ proto esp spi 0x4f[0-9a-f]{6} reqid 0x4f[0-9a-f]{6} mode tunnel (replay-window 32|replay-window 128 flag esn) aead rfc4106\(gcm\(aes\)\) redacted:fp=[0-9a-f]{12} 128( limit (time|byte|packet)-(soft|hard) \d+){6}|xfrm policy update src [\d./]+ dst [\d./]+( proto esp)? dir (out|in|fwd) priority \d+( action block)?( tmpl src [\d.]+ dst [\d.]+ proto esp reqid 0x4f[0-9a-f]{6} mode tunnel level required)*|address replace [\d.]+\/32 dev lo|route replace [\d./]+ via [\d.]+ dev \w+( src [\d.]+)? proto 79( mtu \d+ advmss \d+)?) # .+$/,
         );
       }
     }
+  });
+
+  test('stateLine: replay window, ESN, one `limit` per value, tfcpad last; no window is refused', () => {
+    const st = p().configs.get('alice')!.states;
+    const keys = new KdfKeySource(SECRET, SALT);
+    const ov = st.find((x) => x.kind === 'overlay')!;
+    const tel = st.find((x) => x.kind === 'telescope')!;
+    const tail = (l: string) => l.slice(l.indexOf(' mode tunnel '));
+    expect(tail(stateLine(ov, keys, 'redacted'))).toBe(
+      ' mode tunnel replay-window 128 flag esn aead rfc4106(gcm(aes)) redacted:fp=' +
+        fingerprint(keys.key(ov.key, 36)) +
+        ' 128 limit time-soft 3600 limit time-hard 604800 limit byte-soft 68719476736 limit byte-hard 274877906944 limit packet-soft 4294967296 limit packet-hard 17179869184',
+    );
+    expect(tail(stateLine({ ...tel, tfcpad: 1000 }, keys, 'redacted'))).toMatch(
+      /^ mode tunnel replay-window 32 aead \S+ redacted:fp=[0-9a-f]{12} 128 limit time-soft 3600 limit time-hard 604800 limit byte-soft 68719476736 limit byte-hard 274877906944 limit packet-soft 2147483648 limit packet-hard 4026531840 tfcpad 1000$/,
+    );
+    // only the limits that are set; use-time limits when asked for
+    expect(limitWords({ soft: { useSeconds: 60 }, hard: { packets: 10, useSeconds: 120 } })).toBe('limit time-use-soft 60 limit time-use-hard 120 limit packet-hard 10');
+    expect(stateLine({ ...tel, lifetime: { soft: {}, hard: {} } }, keys, 'redacted')).toMatch(/ 128$/);
+    expect(() => stateLine({ ...ov, replayWindow: 0 }, keys, 'redacted')).toThrow(/no replay window/);
   });
 
   test('policyLine: outbound templates are level required, block policies have none', () => {

@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { KdfKeySource } from '../../src/keys/kdf.js';
 import { PROFILES, innerMtu, mssFor, nestedMtu, type CryptoProfile } from '../../src/keys/profiles.js';
 import { PRIORITY_BLOCK, PRIORITY_CIRCUIT, REPLAY_WINDOW, type NodeConfig, type XfrmPolicy, type XfrmTmpl } from '../../src/model/config.js';
+import { REPLAY_WINDOW_OVERLAY, saOptions } from '../../src/keys/lifetimes.js';
 import { formatCidr, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../../src/net/addr.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan, type Plan } from '../../src/plan/plan.js';
@@ -15,6 +16,8 @@ import { stateLine } from '../../src/render/render.js';
 import { emptyState, type SaRecord, type State } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
 import { buildConfigs } from '../../src/spd/build.js';
+import { TopologyError } from '../../src/topology/diagnostics.js';
+import { parseTopology } from '../../src/topology/load.js';
 import { K2_YAML, K4_YAML, exampleNet, examplePath, netFromYaml } from '../helpers/net.js';
 
 const SALT = '5a'.repeat(32);
@@ -202,7 +205,10 @@ function checkPlan(net: Net, p: Plan): void {
     expect(a.node).not.toBe(b.node);
     expect(a.st).toEqual(b.st);
     expect(a.st.reqid).toBe(spi); // one counter each, moved together: they stay equal from a fresh state
-    expect(a.st.replayWindow).toBe(REPLAY_WINDOW);
+    // keys/lifetimes.ts: telescope SAs 32 packets without ESN, overlay SAs ESN with 128
+    expect(a.st).toMatchObject(a.st.kind === 'overlay' ? { replayWindow: REPLAY_WINDOW_OVERLAY, esn: true } : { replayWindow: REPLAY_WINDOW, esn: false });
+    expect(a.st.lifetime).toEqual(saOptions(a.st.kind, net.crypto).lifetime);
+    expect(a.st.kind).toBe(a.st.key.id.startsWith('link:') ? 'overlay' : 'telescope');
     for (const { node, st } of list) {
       const mine = owned(node);
       expect({ node, spi, endpoint: mine.has(st.src) || mine.has(st.dst) }).toEqual({ node, spi, endpoint: true });
@@ -345,9 +351,9 @@ describe('crypto profiles', () => {
       expect(st.profile).toBe('aes-cbc-hmac-sha1');
       const key = keys.key(st.key, 36);
       const secret = stateLine(st, keys, 'secret');
-      expect(secret).toMatch(/ mode tunnel replay-window 32 enc cbc\(aes\) 0x[0-9a-f]{32} auth-trunc hmac\(sha1\) 0x[0-9a-f]{40} 96$/);
+      expect(secret).toMatch(/ mode tunnel replay-window (32|128 flag esn) enc cbc\(aes\) 0x[0-9a-f]{32} auth-trunc hmac\(sha1\) 0x[0-9a-f]{40} 96 limit /);
       expect(secret).toContain(`enc cbc(aes) 0x${key.subarray(0, 16).toString('hex')} auth-trunc hmac(sha1) 0x${key.subarray(16).toString('hex')} 96`);
-      expect(stateLine(st, keys, 'redacted')).toMatch(/ enc cbc\(aes\) redacted:fp=[0-9a-f]{12} auth-trunc hmac\(sha1\) redacted:fp=[0-9a-f]{12} 96$/);
+      expect(stateLine(st, keys, 'redacted')).toMatch(/ enc cbc\(aes\) redacted:fp=[0-9a-f]{12} auth-trunc hmac\(sha1\) redacted:fp=[0-9a-f]{12} 96 limit /);
     }
   });
 
@@ -356,7 +362,7 @@ describe('crypto profiles', () => {
     const p = plan(net);
     const keys = new KdfKeySource(Buffer.alloc(32, 7), SALT);
     const st = p.configs.get('or1')!.states[0]!;
-    expect(stateLine(st, keys, 'secret')).toMatch(/ aead rfc4106\(gcm\(aes\)\) 0x[0-9a-f]{72} 128$/);
+    expect(stateLine(st, keys, 'secret')).toMatch(/ aead rfc4106\(gcm\(aes\)\) 0x[0-9a-f]{72} 128 limit /);
   });
 });
 
@@ -373,5 +379,103 @@ describe('buildConfigs refuses an inconsistent state', () => {
     const s = structuredClone(p.state);
     delete s.links['or1~or2'];
     expect(() => buildConfigs(exampleNet('three-mixes.yaml'), s)).toThrow(/no overlay link or1 - or2/);
+  });
+});
+
+describe('TFC padding (circuit option tfcpad)', () => {
+  const base = readFileSync(examplePath('three-mixes.yaml'), 'utf8');
+  /** three-mixes with `extra` lines added to circuit web (after its `to:` line) */
+  const withWeb = (extra: string) => base.replace(/^(\s*)to: \[203\.0\.113\.80\/32\]$/m, (_, ind: string) => `${ind}to: [203.0.113.80/32]\n${extra.split('\n').map((l) => ind + l).join('\n')}`);
+  const pads = (p: Plan, node: string) =>
+    Object.fromEntries(p.configs.get(node)!.states.map((s) => [s.comment, s.tfcpad ?? 0]));
+  const diag = (text: string) => {
+    try {
+      parseTopology(text, 't.yaml');
+    } catch (e) {
+      if (e instanceof TopologyError) return e.diagnostics.map((d) => `${d.line}:${d.col}: ${d.message}`);
+      throw e;
+    }
+    throw new Error('accepted');
+  };
+  const lineOf = (text: string, needle: string) => text.split('\n').findIndex((l) => l.includes(needle)) + 1;
+
+  test('telescope layers by number: hops 1 and 3, both directions, on both ends; rendered as tfcpad', () => {
+    const net = netFromYaml(withWeb('tfcpad: { size: 900, layers: [3, 1] }'));
+    expect(net.circuits[0]!.tfcpad).toEqual({ size: 900, telescope: [1, 3], overlay: false });
+    const p = plan(net);
+    checkPlan(net, p);
+    expect(pads(p, 'alice')).toEqual({
+      'overlay alice->or1': 0,
+      'overlay or1->alice': 0,
+      'circuit web hop 1 forward': 900,
+      'circuit web hop 1 reverse': 900,
+      'circuit web hop 2 forward': 0,
+      'circuit web hop 2 reverse': 0,
+      'circuit web hop 3 forward': 900,
+      'circuit web hop 3 reverse': 900,
+    });
+    expect(Object.values(pads(p, 'or2'))).toEqual([0, 0, 0, 0, 0, 0]);
+    expect(pads(p, 'or3')).toMatchObject({ 'circuit web hop 3 forward': 900, 'circuit web hop 3 reverse': 900, 'overlay or2->or3': 0 });
+    const keys = new KdfKeySource(Buffer.alloc(32, 7), SALT);
+    for (const st of p.configs.get('or1')!.states) {
+      const line = stateLine(st, keys, 'redacted');
+      if (st.tfcpad) expect(line).toMatch(/ limit packet-hard 4026531840 tfcpad 900$/);
+      else expect(line).not.toContain('tfcpad');
+    }
+  });
+
+  test('"overlay" pads the overlay links of the path; "telescope" (the default) every telescope layer; "all" both', () => {
+    const ov = plan(netFromYaml(withWeb('tfcpad: { size: 700, layers: overlay }')));
+    for (const n of ['alice', 'or1', 'or2', 'or3']) {
+      for (const [comment, pad] of Object.entries(pads(ov, n))) expect({ n, comment, pad }).toEqual({ n, comment, pad: comment.startsWith('overlay') ? 700 : 0 });
+    }
+    const tel = plan(netFromYaml(withWeb('tfcpad: { size: 700 }')));
+    for (const [comment, pad] of Object.entries(pads(tel, 'alice'))) expect({ comment, pad }).toEqual({ comment, pad: comment.startsWith('overlay') ? 0 : 700 });
+    const all = plan(netFromYaml(withWeb('tfcpad: { size: 700, layers: all }')));
+    for (const n of ['alice', 'or1', 'or2', 'or3']) expect(Object.values(pads(all, n)).every((x) => x === 700)).toBe(true);
+  });
+
+  test('an overlay link shared by two circuits gets the larger size; a circuit without tfcpad pads nothing of its own', () => {
+    const text = withWeb('tfcpad: { size: 600, layers: overlay }').replace(
+      /^circuits:\n/m,
+      'circuits:\n  - name: big\n    client: alice\n    to: [203.0.113.81/32]\n    tfcpad: { size: 1100, layers: all }\n  - name: plain\n    client: alice\n    to: [203.0.113.82/32]\n',
+    );
+    const p = plan(netFromYaml(text));
+    const a = pads(p, 'alice');
+    expect(a['overlay alice->or1']).toBe(1100);
+    expect(a['overlay or1->alice']).toBe(1100);
+    expect(pads(p, 'or2')['overlay or2->or3']).toBe(1100);
+    expect(a['circuit big hop 2 forward']).toBe(1100);
+    expect(a['circuit web hop 2 forward']).toBe(0);
+    expect(a['circuit plain hop 1 reverse']).toBe(0);
+  });
+
+  test('located errors: layer numbers beyond k, listed twice, size out of range, empty list, unknown keys', () => {
+    /** line:col of the n-th occurrence of `needle` on the line holding `lineNeedle` */
+    const at = (text: string, lineNeedle: string, needle: string, n = 1) => {
+      const no = lineOf(text, lineNeedle);
+      const l = text.split('\n')[no - 1]!;
+      let col = -1;
+      for (let i = 0; i < n; i++) col = l.indexOf(needle, col + 1);
+      return `${no}:${col + 1}`;
+    };
+    const t1 = withWeb('tfcpad:\n  size: 600\n  layers: [1, 4, 1]');
+    expect(diag(t1)).toEqual([
+      `${at(t1, 'layers: [1, 4, 1]', '4')}: circuits[0].tfcpad.layers[1]: circuit "web" has 3 telescope layers (1 = the entry's, 3 = the exit's); there is no layer 4`,
+      `${at(t1, 'layers: [1, 4, 1]', '1', 2)}: circuits[0].tfcpad.layers[2]: layer 1 is listed twice`,
+    ]);
+    // k comes from the circuit when it sets hops
+    const k2 = withWeb('hops: 2\ntfcpad: { size: 600, layers: [2] }').replace(/^links:\n/m, 'links:\n  - [or1, or3]\n');
+    expect(netFromYaml(k2).circuits[0]!.tfcpad).toEqual({ size: 600, telescope: [2], overlay: false });
+    const t2 = withWeb('hops: 2\ntfcpad: { size: 600, layers: [3] }');
+    expect(diag(t2)).toEqual([`${at(t2, 'layers: [3]', '3')}: circuits[0].tfcpad.layers[0]: circuit "web" has 2 telescope layers (1 = the entry's, 2 = the exit's); there is no layer 3`]);
+    const t3 = withWeb('tfcpad: { size: 20 }');
+    expect(diag(t3)).toEqual([`${at(t3, 'size: 20', '20')}: circuits[0].tfcpad.size: tfcpad size must be at least 64 bytes`]);
+    expect(diag(withWeb('tfcpad: { size: 70000 }'))[0]).toMatch(/tfcpad size must be at most 65535 bytes/);
+    expect(diag(withWeb('tfcpad: { size: 600, layers: [] }'))[0]).toMatch(/:\d+: /);
+    expect(diag(withWeb('tfcpad: { size: 600, layers: [0] }'))[0]).toMatch(/telescope layers are numbered from 1/);
+    expect(diag(withWeb('tfcpad: { size: 600, layers: some }'))).toHaveLength(1);
+    expect(diag(withWeb('tfcpad: { size: 600, pad: 3 }'))[0]).toMatch(/pad/);
+    expect(diag(withWeb('tfcpad: { layers: all }'))).toHaveLength(1);
   });
 });
