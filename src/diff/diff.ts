@@ -17,6 +17,7 @@
  * (state/reconcile.ts rekeySa) and plans again; the new SPI then shows as add + remove.
  */
 import { fingerprint, type KeySource } from '../keys/kdf.js';
+import { lifetimeText } from '../keys/lifetimes.js';
 import { PROFILES } from '../keys/profiles.js';
 import type { FilterRule, LocalAddress, NodeConfig, Route, SnatRule, Sysctl, XfrmPolicy, XfrmState } from '../model/config.js';
 import { formatCidr, formatIPv4, type Cidr } from '../net/addr.js';
@@ -173,11 +174,14 @@ function diffStates(desired: XfrmState[], observed: ObservedState[], keys: KeySo
     field(f, 'reqid', hex32(o.reqid), hex32(d.reqid));
     field(f, 'mode', o.mode, 'tunnel');
     field(f, 'replay-window', String(o.replayWindow), String(d.replayWindow));
-    field(f, 'esn', String(o.esn), 'false');
+    field(f, 'esn', String(o.flags.includes('esn')), String(d.esn));
     field(f, 'profile', o.profile ?? o.algos.join(' + '), d.profile);
+    // lifetimes are printed by `ip -s xfrm state` only: without them there is nothing to compare
+    if (o.lifetime) field(f, 'lifetime', lifetimeText(o.lifetime), lifetimeText(d.lifetime));
+    field(f, 'tfcpad', opt(o.tfcpad), opt(d.tfcpad));
     field(f, 'selector', o.selectorIsWildcard ? 'any' : 'restricted', 'any');
     field(f, 'mark', o.mark ?? '-', '-');
-    field(f, 'flags', o.flags.join(',') || '-', '-');
+    field(f, 'flags', o.flags.filter((x) => x !== 'esn').join(',') || '-', '-');
     field(f, 'other attributes', o.other.join(',') || '-', '-');
     let keyMismatch = false;
     if (keys && o.profile === d.profile) {

@@ -13,6 +13,7 @@
  *
  * Pure: the caller runs the commands (one SSH session per router) and passes their output.
  */
+import type { SaLifetime } from '../keys/lifetimes.js';
 import { cidrContainsAddr, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
 import { PRIORITY_BAND, ROUTE_PROTO, type FilterRule, type SnatRule } from '../model/config.js';
 import { IPT_CHAIN_FORWARD, IPT_CHAIN_POSTROUTING, NFT_TABLE, OWNER_COMMENT } from '../render/render.js';
@@ -35,7 +36,9 @@ export interface ObservedState {
   /** algorithms as `kind name keybits[/icvbits]`, for display when no profile matched */
   algos: string[];
   keyFingerprint?: string;
+  /** has an ESN replay context (see XfrmStateRecord.esn); the ESN flag is flags "esn" */
   esn: boolean;
+  /** state flags as printed, e.g. "esn", "af-unspec" */
   flags: string[];
   mark?: string;
   /** false when the selector is not the wildcard onionctl installs */
@@ -43,6 +46,14 @@ export interface ObservedState {
   other: string[];
   seq?: number;
   oseq?: number;
+  /** soft/hard limits the kernel enforces; undefined when not read (`ip xfrm state` without -s) */
+  lifetime?: SaLifetime;
+  /** TFC padding length; undefined when none */
+  tfcpad?: number;
+  /**
+   * usage so far (`ip -s`: "lifetime current" bytes/packets, add and first-use times as the
+   * router prints them; use xfrmTimeSeconds and the router's clock for ages) and error counters
+   */
   counters?: XfrmStateCounters;
 }
 
@@ -220,6 +231,8 @@ function toState(r: XfrmStateRecord): ObservedState | undefined {
     other: r.other,
     ...(r.seq !== undefined ? { seq: r.seq } : {}),
     ...(r.oseq !== undefined ? { oseq: r.oseq } : {}),
+    ...(r.lifetime ? { lifetime: r.lifetime } : {}),
+    ...(r.tfcpad !== undefined ? { tfcpad: r.tfcpad } : {}),
     ...(r.counters ? { counters: r.counters } : {}),
   };
 }

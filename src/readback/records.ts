@@ -7,6 +7,7 @@
  * No record ever holds key material: the xfrm state parser turns each key into a one-way
  * fingerprint (src/keys/kdf.ts) and drops the bytes.
  */
+import type { SaLifetime } from '../keys/lifetimes.js';
 import type { CryptoProfileName } from '../topology/schema.js';
 
 export class ReadbackError extends Error {
@@ -32,11 +33,15 @@ export interface XfrmAlgo {
   icvBits?: number;
 }
 
-/** Per-SA counters from `ip -s xfrm state` (for `status`). */
+/** Per-SA counters from `ip -s xfrm state` (for `status` and the rekey schedule). */
 export interface XfrmStateCounters {
+  /** usage so far ("lifetime current"): what the kernel compares with the byte/packet limits */
   bytes: number;
   packets: number;
-  /** "add" and "use" times as printed (the router's local time), "-" when never used */
+  /**
+   * "add" and "use" times as printed (the router's local time, "YYYY-MM-DD HH:MM:SS"); "use" is
+   * the FIRST use (the kernel never updates it), "-" when never used
+   */
   added?: string;
   used?: string;
   /** stats: packets dropped as outside the replay window, as replays, and failing integrity */
@@ -55,8 +60,20 @@ export interface XfrmStateRecord {
   mode: string;
   /** the anti-replay window: the legacy field, or the ESN context's when the state uses one */
   replayWindow: number;
+  /**
+   * true when the state has an ESN replay context ("anti-replay esn context"): with `flag esn`,
+   * and also for a window over 32 without it (iproute2 puts such windows there). The ESN flag
+   * itself is in `flags` ("esn").
+   */
   esn: boolean;
   flags: string[];
+  /**
+   * soft and hard limits ("lifetime config", printed by `ip -s` only); a limit the kernel has as
+   * none ((INF) bytes/packets, 0 seconds) is absent
+   */
+  lifetime?: SaLifetime;
+  /** TFC padding length ("tfcpad N"); absent when the state has none */
+  tfcpad?: number;
   mark?: string;
   algos: XfrmAlgo[];
   /** set when the algorithms are exactly one of onionctl's crypto profiles */

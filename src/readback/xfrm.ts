@@ -7,6 +7,7 @@
  * that held one, into a record or an error message.
  */
 import { fingerprint } from '../keys/kdf.js';
+import type { SaLimits } from '../keys/lifetimes.js';
 import { PROFILES } from '../keys/profiles.js';
 import type { CryptoProfileName } from '../topology/schema.js';
 import { ReadbackError, type XfrmAlgo, type XfrmPolicyRecord, type XfrmStateCounters, type XfrmStateRecord, type XfrmTmplRecord } from './records.js';
@@ -106,6 +107,9 @@ function parseStateBlock(b: Block): XfrmStateRecord {
   const keys: KeyPart[] = [];
   let section: 'none' | 'esn' | 'lifetime-config' | 'lifetime-current' | 'stats' = 'none';
   let sawProto = false;
+  const soft: SaLimits = {};
+  const hard: SaLimits = {};
+  let sawLifetime = false;
   const counters: Partial<XfrmStateCounters> = {};
   try {
     for (const { text, no } of b.lines) {
@@ -133,7 +137,24 @@ function parseStateBlock(b: Block): XfrmStateRecord {
           continue;
         }
       }
-      if (section === 'lifetime-config' && (first === 'limit:' || first === 'expire')) continue;
+      if (section === 'lifetime-config') {
+        // limit: soft (INF)(bytes), hard 274877906944(bytes)   |   expire add: soft 3600(sec), hard 0(sec)
+        const m = /^limit: soft (\S+?)\((bytes|packets)\), hard (\S+?)\((bytes|packets)\)$/.exec(text);
+        if (m) {
+          setLimit(soft, m[2] as 'bytes' | 'packets', limitValue(m[1]!, no));
+          setLimit(hard, m[4] as 'bytes' | 'packets', limitValue(m[3]!, no));
+          continue;
+        }
+        const e = /^expire (add|use): soft (\d+)\(sec\), hard (\d+)\(sec\)$/.exec(text);
+        if (e) {
+          const k = e[1] === 'add' ? 'addSeconds' : 'useSeconds';
+          // 0 seconds is "no limit" to the kernel
+          setLimit(soft, k, Number(e[2]) || undefined);
+          setLimit(hard, k, Number(e[3]) || undefined);
+          continue;
+        }
+        if (first === 'limit:' || first === 'expire') throw new ReadbackError(`unexpected lifetime line ${JSON.stringify(t.map(safeWord).join(' '))}`, no);
+      }
       if (section === 'esn') {
         if (first === 'seq-hi') {
           const p = pairs(t.map((x) => x.replace(/,$/, '')));
@@ -192,8 +213,12 @@ function parseStateBlock(b: Block): XfrmStateRecord {
         rec.sel = { src: p.get('src') ?? '', dst: p.get('dst') ?? '', extra };
       } else if (first === 'lifetime') {
         section = t[1] === 'config:' ? 'lifetime-config' : 'lifetime-current';
+        if (section === 'lifetime-config') sawLifetime = true;
       } else if (first === 'stats:') {
         section = 'stats';
+      } else if (first === 'tfcpad') {
+        const n = num(t[1], 'tfcpad', no);
+        if (n > 0) rec.tfcpad = n;
       } else if (first === 'crypto') {
         if (!rec.other.includes('offload')) rec.other.push('offload');
       } else if (/^[a-z][a-z_-]*:?$/i.test(first)) {
@@ -203,6 +228,7 @@ function parseStateBlock(b: Block): XfrmStateRecord {
       }
     }
     if (!sawProto) throw new ReadbackError(`state ${rec.src} -> ${rec.dst} has no "proto ... spi ..." line`, b.headerLine);
+    if (sawLifetime) rec.lifetime = { soft, hard };
     if (counters.bytes !== undefined || counters.replayErrors !== undefined) {
       rec.counters = {
         bytes: counters.bytes ?? 0,
@@ -227,6 +253,31 @@ function parseStateBlock(b: Block): XfrmStateRecord {
     for (const k of keys) k.bytes.fill(0);
   }
   return rec;
+}
+
+/** "(INF)" -> undefined (no limit), "1234" -> 1234 */
+function limitValue(v: string, line: number): number | undefined {
+  if (v === '(INF)') return undefined;
+  if (!/^\d+$/.test(v)) throw new ReadbackError(`expected a number or (INF) as a lifetime limit, got ${JSON.stringify(safeWord(v))}`, line);
+  return Number(v);
+}
+
+function setLimit(l: SaLimits, k: keyof SaLimits, v: number | undefined): void {
+  if (v === undefined) delete l[k];
+  else l[k] = v;
+}
+
+/**
+ * A time as `ip -s xfrm state` prints it ("2026-11-24 07:56:19", the router's local time) ->
+ * seconds since 1970 on the same naive scale (read as if UTC). Two such times of one router
+ * subtract to a duration; compare them with the router's own clock, not the controller's.
+ * undefined for "-" (never used) or anything else.
+ */
+export function xfrmTimeSeconds(text: string | undefined): number | undefined {
+  const m = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$/.exec(text?.trim() ?? '');
+  if (!m) return undefined;
+  const ms = Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6]));
+  return Number.isFinite(ms) ? ms / 1000 : undefined;
 }
 
 /** Parses `ip xfrm state` or `ip -s xfrm state`. Keys become fingerprints; nothing else is kept of them. */

@@ -23,21 +23,51 @@ import {
   rekeyNeeded,
   type Change,
 } from '../../src/diff/index.js';
+import { SA_PLAN_NODES, padPlan, saObserved } from '../helpers/sa.js';
 import { ZERO_KEYS, fixture, hostObserved, k4Net, k4Plan, labNet, labPlan, poolsOf, umlObserved, UML_NODES } from '../helpers/readback.js';
 
 const emptyConfig = (c: NodeConfig): NodeConfig => ({ ...c, states: [], policies: [], addresses: [], routes: [], firewall: { ...c.firewall, snat: [], forward: [] } });
 
 describe('a router that holds the plan: no changes', () => {
-  test('UML lab (states with the zero keys, policies, routes, addresses, iptables-legacy)', () => {
+  test('UML: the padded lab plan\'s states (lifetimes, ESN, tfcpad) and policies, loaded by the planner\'s own lines', () => {
+    const plan = padPlan();
+    for (const n of SA_PLAN_NODES) {
+      for (const variant of ['', '-s'] as const) {
+        const o = saObserved(n, variant);
+        expect(o.states!.owned).toHaveLength(plan.configs.get(n)!.states.length);
+        expect({ n, variant, changes: diffNode(plan.configs.get(n)!, o, { keys: ZERO_KEYS }) }).toEqual({ n, variant, changes: [] });
+        expect(findConflicts(plan.configs.get(n)!, o)).toEqual([]);
+      }
+    }
+  });
+
+  test('UML lab recorded before SA lifetimes: everything but the states is as planned; each state needs a new epoch', () => {
     const plan = labPlan();
     const net = labNet();
     for (const n of UML_NODES) {
       for (const variant of ['', '-s'] as const) {
         const o = umlObserved(n, net, variant);
-        expect({ n, variant, changes: diffNode(plan.configs.get(n)!, o, { keys: ZERO_KEYS }) }).toEqual({ n, variant, changes: [] });
-        expect(findConflicts(plan.configs.get(n)!, o)).toEqual([]);
+        const cfg = plan.configs.get(n)!;
+        const ch = diffNode(cfg, o, { keys: ZERO_KEYS });
+        expect({ n, variant, other: ch.filter((c) => c.kind !== 'state') }).toEqual({ n, variant, other: [] });
+        // an old install has no limits (and no ESN on overlays): re-installing it is a rekey. Without
+        // -s the limits are not printed, so only the overlay SAs (window, ESN) show
+        expect(ch).toHaveLength(cfg.states.filter((x) => variant === '-s' || x.kind === 'overlay').length);
+        for (const c of ch) {
+          if (c.kind !== 'state' || c.op !== 'replace') throw new Error(`unexpected ${c.op} ${c.kind}`);
+          expect(c).toMatchObject({ needsNewEpoch: true, keyMismatch: false });
+          const fields = c.fields.map((f) => f.field);
+          const want = [...(c.desired.kind === 'overlay' ? ['replay-window', 'esn'] : []), ...(variant === '-s' ? ['lifetime'] : [])];
+          expect({ key: c.key, fields }).toEqual({ key: c.key, fields: want });
+        }
+        expect(findConflicts(cfg, o)).toEqual([]);
       }
     }
+    const or1 = diffNode(plan.configs.get('or1')!, umlObserved('or1', net), { keys: ZERO_KEYS });
+    const ov = or1.find((c) => c.kind === 'state' && c.op === 'replace' && c.desired.kind === 'overlay')!;
+    expect(describeChange(ov)).toMatch(
+      /: replay-window 32 -> 128; esn false -> true; lifetime soft \[none\] hard \[none\] -> soft \[bytes 68719476736, packets 4294967296, 3600s after add\] hard \[bytes 274877906944, packets 17179869184, 604800s after add\] \(needs a new epoch\)/,
+    );
   });
 
   test('host kernel, 8 nodes (policies, routes, addresses, iptables-nft and nftables), among foreign objects', () => {
@@ -64,12 +94,11 @@ describe('a router that holds the plan: no changes', () => {
 
 describe('keys', () => {
   test('an SA whose key is not the planned one is a replace that needs a new epoch; nothing else changes', () => {
-    const plan = labPlan();
-    const net = labNet();
+    const plan = padPlan();
     const keys = new KdfKeySource(Buffer.alloc(32, 7), plan.state.salt);
-    for (const n of UML_NODES) {
+    for (const n of SA_PLAN_NODES) {
       const cfg = plan.configs.get(n)!;
-      const ch = diffNode(cfg, umlObserved(n, net), { keys });
+      const ch = diffNode(cfg, saObserved(n), { keys });
       expect(ch).toHaveLength(cfg.states.length);
       for (const c of ch) {
         if (c.kind !== 'state' || c.op !== 'replace') throw new Error(`unexpected ${c.op} ${c.kind}`);
@@ -90,11 +119,26 @@ describe('keys', () => {
   });
 
   test('other differences of an SA are replaces too (re-installing restarts the sequence number)', () => {
-    const plan = labPlan();
-    const cfg = structuredClone(plan.configs.get('or2')!);
-    cfg.states[0]!.replayWindow = 64;
-    const ch = diffNode(cfg, umlObserved('or2', labNet()), { keys: ZERO_KEYS });
-    expect(ch).toEqual([expect.objectContaining({ op: 'replace', kind: 'state', needsNewEpoch: true, keyMismatch: false, fields: [{ field: 'replay-window', from: '32', to: '64' }] })]);
+    const plan = padPlan();
+    const base = plan.configs.get('or2')!;
+    const tel = base.states.findIndex((s) => s.kind === 'telescope');
+    const ov = base.states.findIndex((s) => s.kind === 'overlay');
+    const one = (edit: (c: NodeConfig) => void, variant: '' | '-s' = '-s') => {
+      const cfg = structuredClone(base);
+      edit(cfg);
+      return diffNode(cfg, saObserved('or2', variant), { keys: ZERO_KEYS });
+    };
+    const replace = (fields: { field: string; from: string; to: string }[]) => [
+      expect.objectContaining({ op: 'replace', kind: 'state', needsNewEpoch: true, keyMismatch: false, fields }),
+    ];
+    expect(one((c) => (c.states[tel]!.replayWindow = 64))).toEqual(replace([{ field: 'replay-window', from: '32', to: '64' }]));
+    expect(one((c) => (c.states[ov]!.esn = false))).toEqual(replace([{ field: 'esn', from: 'true', to: 'false' }]));
+    expect(one((c) => (c.states[tel]!.tfcpad = 1200))).toEqual(replace([{ field: 'tfcpad', from: '-', to: '1200' }]));
+    expect(one((c) => (c.states[tel]!.lifetime.hard.addSeconds = 86400))).toEqual(
+      replace([{ field: 'lifetime', from: expect.stringContaining(' hard [bytes 274877906944, packets 4026531840, 604800s after add]') as unknown as string, to: expect.stringContaining(' hard [bytes 274877906944, packets 4026531840, 86400s after add]') as unknown as string }]),
+    );
+    // lifetimes are printed by `ip -s` only: read without it, they are not compared
+    expect(one((c) => (c.states[tel]!.lifetime.hard.addSeconds = 86400), '')).toEqual([]);
   });
 });
 

@@ -21,17 +21,21 @@ import {
   parseXfrmStat,
   parseXfrmStates,
   shellWords,
+  xfrmTimeSeconds,
   type XfrmStateRecord,
 } from '../../src/readback/index.js';
 import { iptablesRule } from '../../src/render/render.js';
 import { REQID_BASE, REQID_LAST, SPI_BASE, SPI_LAST } from '../../src/state/model.js';
+import { saOptions } from '../../src/keys/lifetimes.js';
+import { PAIR_CASES, SA_FIXTURES, padPlan, saFixture, saObserved } from '../helpers/sa.js';
 import { FIXTURES, fixture, fixtureFiles, hostObserved, k4Net, k4Plan, labNet, labPlan, umlObserved, UML_NODES } from '../helpers/readback.js';
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 
 const ZERO_FP_36 = fingerprint(Buffer.alloc(36));
+/** what `ip -s` adds: counters and the lifetime config */
 const withoutCounters = (r: XfrmStateRecord) => {
-  const { counters: _c, ...rest } = r;
+  const { counters: _c, lifetime: _l, ...rest } = r;
   return rest;
 };
 
@@ -48,8 +52,104 @@ describe('fixtures', () => {
       for (const m of f.text.matchAll(/[0-9a-f]{17,}/gi)) expect(m[0]).toMatch(/^0+$/);
     }
     expect(keys).toBeGreaterThan(60);
+    // the SA-options recording (uml-6.1-sa) too
+    let saKeys = 0;
+    for (const dir of readdirSync(SA_FIXTURES)) {
+      for (const f of readdirSync(path.join(SA_FIXTURES, dir))) {
+        const text = readFileSync(path.join(SA_FIXTURES, dir, f), 'utf8');
+        for (const m of text.matchAll(/^\s*(?:aead|enc|auth|auth-trunc|comp)\s+\S+\s+(0x\S+)/gm)) {
+          saKeys++;
+          expect({ file: `${dir}/${f}`, key: m[1] }).toEqual({ file: `${dir}/${f}`, key: expect.stringMatching(/^0x(00)+$/) });
+        }
+        for (const m of text.matchAll(/[0-9a-f]{17,}/gi)) expect(m[0]).toMatch(/^0+$/);
+      }
+    }
+    expect(saKeys).toBeGreaterThan(60);
   });
 });
+
+describe('ip xfrm state: lifetimes, ESN, TFC padding (UML, recorded from the planner\'s own lines)', () => {
+  const ZERO_FP = ZERO_FP_36;
+  const one = (dir: string, spi: number, file = 'ip-s-xfrm-state') => parseXfrmStates(saFixture(dir, file)).find((s) => s.spi === spi)!;
+
+  test('the lifetime config reads back as the planned limits, per kind; "(INF)" and 0 seconds are no limit', () => {
+    for (const c of PAIR_CASES) {
+      for (const end of ['a', 'b']) {
+        for (const spi of [c.spi, c.spi + 1]) {
+          const s = one(`${c.name}-${end}`, spi);
+          expect({ c: c.name, spi, lifetime: s.lifetime }).toEqual({ c: c.name, spi, lifetime: saOptions(c.kind, c.profile).lifetime });
+          expect(s.profile).toBe(c.profile);
+          expect(s.keyFingerprint).toBe(ZERO_FP);
+        }
+      }
+    }
+    // the old recording (no limits set): every limit absent, not 0 and not 2^64-1
+    for (const s of parseXfrmStates(fixture('uml-6.1', 'or1', 'ip-s-xfrm-state'))) expect(s.lifetime).toEqual({ soft: {}, hard: {} });
+    // without -s there is no lifetime config at all
+    for (const s of parseXfrmStates(saFixture('gcm-telescope-a', 'ip-xfrm-state'))) expect(s.lifetime).toBeUndefined();
+  });
+
+  test('ESN: flag esn, the window from the ESN context (iproute2 prints replay-window 0), sequence numbers', () => {
+    const b = one('gcm-overlay-esn-pad-b', 0x4f0001c2);
+    expect(b).toMatchObject({ esn: true, flags: ['esn'], replayWindow: 128, seq: 10, oseq: 0, tfcpad: 600 });
+    const cbc = one('cbc-overlay-esn-a', 0x4f0001c6);
+    expect(cbc).toMatchObject({ esn: true, flags: ['esn'], replayWindow: 128, oseq: 10, profile: 'aes-cbc-hmac-sha1' });
+    expect(cbc.tfcpad).toBeUndefined();
+    const t = one('gcm-telescope-b', 0x4f0001c0);
+    expect(t).toMatchObject({ esn: false, flags: [], replayWindow: 32, seq: 10 });
+    // the plain listing says the same
+    expect(withoutCounters(one('gcm-overlay-esn-pad-b', 0x4f0001c2, 'ip-xfrm-state'))).toEqual(withoutCounters(b));
+  });
+
+  test('usage: bytes, packets, add and first-use times; TFC padding counts at the receiving end only', () => {
+    const send = one('cbc-telescope-pad-a', 0x4f0001c4);
+    const recv = one('cbc-telescope-pad-b', 0x4f0001c4);
+    // 5 pings of 44 bytes and 5 of 328: the sender counts the inner packets, the receiver the padded ones
+    expect(send.counters).toMatchObject({ bytes: 5 * 44 + 5 * 328, packets: 10, replayErrors: 0, integrityFailed: 0 });
+    expect(recv.counters).toMatchObject({ bytes: 10 * 600, packets: 10 });
+    expect(send.tfcpad).toBe(600);
+    const added = xfrmTimeSeconds(send.counters!.added)!;
+    const used = xfrmTimeSeconds(send.counters!.used)!;
+    expect(used - added).toBeGreaterThanOrEqual(0);
+    expect(used - added).toBeLessThan(120);
+    expect(other(one('alice', 0x4f000004))).toEqual([]);
+  });
+
+  test('router times: naive seconds, "-" and junk are undefined', () => {
+    expect(xfrmTimeSeconds('2026-11-24 07:56:19')).toBe(Date.UTC(2026, 10, 24, 7, 56, 19) / 1000);
+    expect(xfrmTimeSeconds('2026-11-24 07:57:19')! - xfrmTimeSeconds('2026-11-24 07:56:19')!).toBe(60);
+    expect(xfrmTimeSeconds('-')).toBeUndefined();
+    expect(xfrmTimeSeconds(undefined)).toBeUndefined();
+    expect(xfrmTimeSeconds('24.11.2026 07:56')).toBeUndefined();
+  });
+
+  test('a lifetime line of another shape is an error with its line number', () => {
+    const text = saFixture('gcm-telescope-a', 'ip-s-xfrm-state').replace('limit: soft 68719476736(bytes)', 'limit: soft lots(bytes)');
+    const line = text.split('\n').findIndex((l) => l.includes('lots')) + 1;
+    let err: unknown;
+    try {
+      parseXfrmStates(text);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(ReadbackError);
+    expect((err as ReadbackError).line).toBe(line);
+  });
+
+  test('observed states carry lifetime, tfcpad and usage for status and the rekey schedule', () => {
+    const o = saObserved('alice');
+    const cfg = padPlan().configs.get('alice')!;
+    for (const st of cfg.states) {
+      const got = o.states!.owned.find((x) => x.spi === st.spi)!;
+      expect({ spi: st.spi, lifetime: got.lifetime, tfcpad: got.tfcpad, esn: got.flags.includes('esn') }).toEqual({ spi: st.spi, lifetime: st.lifetime, tfcpad: st.tfcpad, esn: st.esn });
+      expect(got.counters).toMatchObject({ bytes: 0, packets: 0, used: '-' });
+      expect(xfrmTimeSeconds(got.counters!.added)).toBeDefined();
+    }
+    expect(cfg.states.filter((s) => s.tfcpad !== undefined)).toHaveLength(4); // layers 1 and 3, both ways
+  });
+});
+
+const other = (s: XfrmStateRecord) => s.other;
 
 describe('ip xfrm state (UML lab, recorded)', () => {
   test('alice: the eight SAs of the circuit, in the kernel\'s order, with profile and the zero key\'s fingerprint', () => {
