@@ -295,6 +295,17 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
     const live = work.filter((n) => results.get(n.node)!.ok && kinds.includes(p.configs.get(n.node)!.kind));
     if (aborted()) break;
     if (live.length === 0) continue;
+    // an SA shared with a node that failed (or was not read) stays as that node has it: its peers
+    // neither send with a new SPI it may lack nor drop the old SPI it still uses
+    const down = p.nodes
+      .filter((n) => !results.get(n.node)!.ok && p.configs.has(n.node))
+      .map((n) => ownAddresses(p.configs.get(n.node)!, [...(p.ifaceAddrs?.get(n.node) ?? []), ...(p.reads.get(n.node)?.observed?.addresses?.owned.map((a) => a.addr) ?? [])]));
+    const isDown = (a: number) => down.some((own) => own(a));
+    const heldBack = (c: Change) =>
+      c.kind === 'state' &&
+      ((stage === 'install' && c.op === 'add' && isDown(c.desired.dst)) ||
+        (stage === 'retire' && c.op === 'remove' && isDown(c.observed.dst)) ||
+        (stage === 'drain' && c.op === 'remove' && isDown(c.observed.src)));
     const outcomes: Outcome<void>[] = await forEachSession(
       live.map((n) => n.node),
       p.sessions,
@@ -303,7 +314,9 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
         const n = live.find((x) => x.node === node)!;
         const read = p.reads.get(node)?.read;
         const cfg = p.configs.get(node)!;
-        const steps = stageSteps(stage, cfg, n.changes, {
+        const changes = n.changes.filter((c) => !heldBack(c));
+        if (changes.length < n.changes.length) p.progress.step(node, `${stage}: ${n.changes.length - changes.length} SA change(s) shared with a failed node left for the next run`);
+        const steps = stageSteps(stage, cfg, changes, {
           own: ownAddresses(cfg, p.ifaceAddrs?.get(node) ?? []),
           keys: p.keys,
           templates: p.templates,

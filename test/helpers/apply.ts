@@ -9,6 +9,10 @@ import type { NodeConfig } from '../../src/model/config.js';
 import type { Cidr } from '../../src/net/addr.js';
 import { observeNode, type ObservedNode } from '../../src/readback/observed.js';
 import type { ExecOptions, ExecResult, Transport } from '../../src/remote/transport.js';
+import type { Plan } from '../../src/plan/plan.js';
+import type { Net } from '../../src/topology/net.js';
+import { umlObserved } from './readback.js';
+import { padNet, padPlan, saObserved } from './sa.js';
 
 /** a node whose every kind was read and holds nothing (a freshly booted router) */
 export function emptyObserved(node: string, pools: Cidr[], o: { sysctls?: boolean } = {}): ObservedNode {
@@ -79,4 +83,22 @@ export function recordingProgress(): RecordedProgress {
     done: (node, text) => events.push({ kind: 'done', node, text }),
     fail: (node, text) => events.push({ kind: 'fail', node, text }),
   };
+}
+
+// ------------------------------------------------------------------------------------------
+// a lab plan every object of which the recorded read-backs hold
+
+/** the net and plan of test/helpers/sa.ts (three-mixes as the lab runs it, SA options recorded in uml-6.1-sa) */
+export const heldNet = (): Net => padNet();
+export const heldPlan = (): Plan => padPlan();
+
+/**
+ * A node that holds the held plan: states and policies as recorded with SA options
+ * (uml-6.1-sa), routes, addresses and iptables as recorded in the lab (uml-6.1), and the foreign
+ * SAs recorded on or1 (uml-6.1) among them.
+ */
+export function heldObserved(node: string, variant: '' | '-s' = '-s'): ObservedNode {
+  const base = umlObserved(node, padNet(), variant);
+  const sa = saObserved(node, variant);
+  return { ...base, states: { owned: sa.states!.owned, foreign: base.states!.foreign }, policies: sa.policies! };
 }

@@ -1,39 +1,42 @@
 /**
- * src/apply/engine.ts on the UML lab's recorded read-backs (test/helpers/readback.ts):
+ * src/apply/engine.ts on the UML lab's recorded read-backs (test/helpers/apply.ts heldPlan and
+ * heldObserved: the recorded routers hold every object of that plan):
  *   - planAgainst: a fleet that holds the plan gives nothing to do; a rebooted router whose SAs'
  *     keys were installed there before gets every one of its SAs rekeyed (new SPI and epoch, on
  *     both ends), and nothing else moves; an SA held with other attributes is rekeyed too;
  *   - markInstalled, observedDigest;
- *   - pushChanges over fake transports: stages in lock step across nodes, a failing node stops
+ *   - pushChanges over fake transports: stages in lock step across nodes (configure: routers,
+ *     then clients), make-before-break order of a rekeyed SA's two ends, a failing node stops
  *     while the others finish, an abort starts no new step.
  */
 import { beforeAll, describe, expect, test } from '@jest/globals';
-import { STAGES, stageSteps, type Stage } from '../../src/apply/commands.js';
-import { describeRekey, markInstalled, observedDigest, planAgainst, pushChanges, type LivePlan, type NodePlan, type NodeRead, type PushInput } from '../../src/apply/engine.js';
+import { ownAddresses, STAGES, stageSteps, type Stage } from '../../src/apply/commands.js';
+import { describeRekey, interfaceAddresses, markInstalled, observedDigest, planAgainst, pushChanges, type LivePlan, type NodePlan, type NodeRead, type PushInput } from '../../src/apply/engine.js';
 import type { Change } from '../../src/diff/index.js';
 import { KdfKeySource, type KeySource } from '../../src/keys/kdf.js';
-import { parseCidr } from '../../src/net/addr.js';
+import { formatIPv4, parseCidr } from '../../src/net/addr.js';
 import type { ObservedNode } from '../../src/readback/observed.js';
 import type { Templates } from '../../src/render/render.js';
 import { Sessions } from '../../src/remote/fleet.js';
 import type { ExecResult } from '../../src/remote/transport.js';
 import type { SaRecord, State } from '../../src/state/model.js';
 import { loadTemplates } from '../../src/util/files.js';
-import { containsKey, emptyObserved, FakeTransport, plannedKeysHex, recordingProgress, type ExecRecord, type FakeResponder } from '../helpers/apply.js';
-import { ZERO_KEYS, labNet, labPlan, poolsOf, umlObserved, UML_NODES } from '../helpers/readback.js';
+import { containsKey, emptyObserved, FakeTransport, heldNet, heldObserved, heldPlan, plannedKeysHex, recordingProgress, type ExecRecord, type FakeResponder } from '../helpers/apply.js';
+import { ZERO_KEYS, poolsOf, UML_NODES } from '../helpers/readback.js';
 
 let templates: Templates;
 beforeAll(async () => {
   templates = await loadTemplates();
 });
 
-const net = labNet();
-const plan0 = labPlan();
+const net = heldNet();
+const plan0 = heldPlan();
+const ifaces = interfaceAddresses(net);
 const pools = poolsOf(net);
 const NOW = '2024-01-02T03:04:05Z';
 
 type Obs = Record<string, ObservedNode>;
-const recorded = (): Obs => Object.fromEntries(UML_NODES.map((n) => [n, umlObserved(n, net)]));
+const recorded = (): Obs => Object.fromEntries(UML_NODES.map((n) => [n, heldObserved(n)]));
 const readsOf = (obs: Obs): Map<string, NodeRead> => new Map(Object.entries(obs).map(([node, observed]) => [node, { node, observed }]));
 
 /** every SA record of a state, by its current SPI */
@@ -222,12 +225,11 @@ describe('planAgainst', () => {
 });
 
 describe('observedDigest', () => {
-  test('ignores counters, sequence numbers and kernel indexes; the same router read with or without -s digests alike', () => {
+  test('ignores counters, sequence numbers and kernel indexes', () => {
     for (const n of UML_NODES) {
-      const o = umlObserved(n, net);
+      const o = heldObserved(n);
       const d = observedDigest(o);
-      expect(observedDigest(umlObserved(n, net))).toBe(d);
-      expect(observedDigest(umlObserved(n, net, ''))).toBe(d);
+      expect(observedDigest(heldObserved(n))).toBe(d);
       const busy = structuredClone(o);
       for (const s of busy.states!.owned) {
         s.seq = (s.seq ?? 0) + 1000;
@@ -240,7 +242,7 @@ describe('observedDigest', () => {
   });
 
   test('changes when an owned object changes, not when a foreign one does', () => {
-    const o = umlObserved('or1', net);
+    const o = heldObserved('or1');
     const d = observedDigest(o);
     const mutate = (f: (x: ObservedNode) => void) => {
       const c = structuredClone(o);
@@ -269,7 +271,7 @@ describe('observedDigest', () => {
 describe('pushChanges over fake transports', () => {
   const pushKeys = new KdfKeySource(Buffer.alloc(32, 0x3c), plan0.state.salt);
 
-  /** the reboot of or2: install everywhere, configure on or2, retire of old SPIs on its neighbours */
+  /** the reboot of or2: new SAs everywhere (receive, install), configure on or2, the old SPIs retired and drained on its neighbours */
   function rebootPlan(): LivePlan {
     const obs = recorded();
     obs.or2 = emptyObserved('or2', pools);
@@ -295,12 +297,15 @@ describe('pushChanges over fake transports', () => {
     const progress = recordingProgress();
     const nodes = o.nodes ?? live.nodes;
     const reads = readsOf(Object.fromEntries(nodes.map((n) => [n.node, emptyObserved(n.node, pools)])));
-    const input: PushInput = { configs: live.configs, nodes, reads, keys: pushKeys, templates, version: 'test', sessions, parallel: o.parallel ?? 10, progress, ...(o.signal ? { signal: o.signal } : {}) };
+    const input: PushInput = { configs: live.configs, nodes, reads, keys: pushKeys, templates, version: 'test', sessions, parallel: o.parallel ?? 10, progress, ifaceAddrs: ifaces, ...(o.signal ? { signal: o.signal } : {}) };
     const results = await pushChanges(input);
     await sessions.closeAll();
-    const expected = new Map(
-      nodes.map((n) => [n.node, n.error ? [] : STAGES.flatMap((stage) => stageSteps(stage, live.configs.get(n.node)!, n.changes, { keys: pushKeys, templates, version: 'test' }).map((s) => ({ stage, argv: s.argv, stdin: s.stdin })))]),
-    );
+    const stepsOf = (n: NodePlan) => {
+      const cfg = live.configs.get(n.node)!;
+      const ctx = { keys: pushKeys, templates, version: 'test', own: ownAddresses(cfg, ifaces.get(n.node) ?? []) };
+      return STAGES.flatMap((stage) => stageSteps(stage, cfg, n.changes, ctx).map((x) => ({ stage, argv: x.argv, stdin: x.stdin })));
+    };
+    const expected = new Map(nodes.map((n) => [n.node, n.error ? [] : stepsOf(n)]));
     return { log, connects, results, progress, expected };
   }
 
@@ -313,42 +318,135 @@ describe('pushChanges over fake transports', () => {
       return r.expected.get(e.node)![i]!.stage;
     });
   };
+  /** the wave each exec ran in: the stages in order, configure split into routers then clients */
+  const WAVES = ['receive', 'install', 'configure router', 'configure client', 'retire', 'drain'];
+  const wavesInOrder = (r: Run): number[] =>
+    stagesInOrder(r).map((st, i) => WAVES.indexOf(st === 'configure' ? `configure ${net.clients.has(r.log[i]!.node) ? 'client' : 'router'}` : st));
   const perNode = (r: Run, node: string) => r.log.filter((e) => e.node === node).map(({ argv, stdin }) => ({ argv, stdin }));
   const want = (r: Run, node: string, n?: number) => r.expected.get(node)!.slice(0, n).map(({ argv, stdin }) => ({ argv, stdin }));
 
-  test.each([10, 1])('every node runs its steps, all installs before any configure, all configures before any retire (parallel %i)', async (parallel) => {
+  test.each([10, 1])('every node runs its steps, each stage everywhere before the next, configure on routers before clients (parallel %i)', async (parallel) => {
     const live = rebootPlan();
     const r = await run(live, { parallel });
     for (const n of UML_NODES) expect({ n, steps: perNode(r, n) }).toEqual({ n, steps: want(r, n) });
-    // the scenario has work in every stage
+    // the scenario has work in every stage but configure on the client
     expect(new Set(stagesInOrder(r))).toEqual(new Set(STAGES));
-    const order = stagesInOrder(r).map((s) => STAGES.indexOf(s));
+    const order = wavesInOrder(r);
     expect(order).toEqual([...order].sort((a, b) => a - b));
-    // or2 configures (firewall, policies, routes); its neighbours retire the old SPIs
+    // or2 configures (firewall, policies, routes); its neighbours retire and drain the old SPIs
     expect(r.expected.get('or2')!.map((e) => e.stage)).toContain('configure');
-    for (const n of ['alice', 'or1', 'or3']) expect(r.expected.get(n)!.map((e) => e.stage)).toContain('retire');
+    for (const n of ['alice', 'or1', 'or3']) expect(new Set(r.expected.get(n)!.map((e) => e.stage))).toEqual(new Set(['receive', 'install', 'retire', 'drain']));
     expect(r.results.map((x) => ({ node: x.node, ok: x.ok, stages: x.stages, error: x.error }))).toEqual(UML_NODES.map((node) => ({ node, ok: true, stages: [...STAGES], error: undefined })));
     const or2 = r.results.find((x) => x.node === 'or2')!;
     expect(or2.counts.add).toBe(nodePlan(live, 'or2').changes.length);
-    // one connection per node for all three stages
+    // one connection per node for all the stages
     expect(r.connects.sort()).toEqual([...UML_NODES].sort());
     expect(r.progress.events.filter((e) => e.kind === 'done').map((e) => e.node).sort()).toEqual([...UML_NODES].sort());
     expect(r.progress.events.filter((e) => e.kind === 'fail')).toEqual([]);
+  });
+
+  test('make-before-break after a reboot: a rekeyed SA reaches its receiver before its sender; the old SPI goes only once both have the new one', async () => {
+    const live = rebootPlan();
+    const r = await run(live);
+    const at = (node: string, pred: (line: string) => boolean) => r.log.findIndex((e) => e.node === node && e.stdin.split('\n').some(pred));
+    expect(live.rekeys.length).toBeGreaterThan(0);
+    for (const k of live.rekeys) {
+      const st = [...live.configs.values()].flatMap((c) => c.states).find((x) => x.key.id === k.sa)!;
+      const ends = [...live.configs].filter(([, c]) => c.states.some((x) => x.spi === st.spi)).map(([n]) => n);
+      const receiver = ends.find((n) => ownAddresses(live.configs.get(n)!, ifaces.get(n)!)(st.dst))!;
+      const sender = ends.find((n) => n !== receiver)!;
+      const added = (n: string) => at(n, (l) => l.startsWith('xfrm state add ') && l.includes(` spi 0x${k.newSpi.toString(16).padStart(8, '0')} `));
+      const removed = (n: string) => at(n, (l) => l === `xfrm state delete src ${formatIPv4(st.src)} dst ${formatIPv4(st.dst)} proto esp spi 0x${k.oldSpi.toString(16).padStart(8, '0')}`);
+      expect({ sa: k.sa, receiverFirst: added(receiver) >= 0 && added(receiver) < added(sender) }).toEqual({ sa: k.sa, receiverFirst: true });
+      // or2 (rebooted) holds no old SA; its peer removes its copy, after the new one is in place everywhere
+      const peer = receiver === 'or2' ? sender : receiver;
+      expect({ sa: k.sa, removedAfterBoth: removed(peer) > Math.max(added(receiver), added(sender)) }).toEqual({ sa: k.sa, removedAfterBoth: true });
+      expect(removed('or2')).toBe(-1);
+    }
+  });
+
+  test('make-before-break when both ends hold the old SA: the new one in receiver-then-sender order, the old one out of the sender before the receiver', async () => {
+    const s = withInstalled(plan0.state, () => []);
+    const obs = recorded();
+    obs.or2 = structuredClone(obs.or2!);
+    const own2 = ownAddresses(plan0.configs.get('or2')!, ifaces.get('or2')!);
+    // an SA that or2 sends: or2 is the sender, its neighbour the receiver
+    const victim = obs.or2.states!.owned.find((x) => !own2(x.dst))!;
+    victim.replayWindow = 7;
+    const live = planAgainst(net, s, readsOf(obs), ZERO_KEYS);
+    expect(live.rekeys).toHaveLength(1);
+    const k = live.rekeys[0]!;
+    const receiver = [...live.configs].find(([n, c]) => n !== 'or2' && c.states.some((x) => x.spi === k.newSpi))![0];
+    const r = await run(live);
+    const hex = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+    const at = (node: string, re: RegExp) => r.log.findIndex((e) => e.node === node && re.test(e.stdin));
+    const add = (n: string) => at(n, new RegExp(`^xfrm state add .* spi ${hex(k.newSpi)} `, 'm'));
+    const del = (n: string) => at(n, new RegExp(`^xfrm state delete .* spi ${hex(k.oldSpi)}$`, 'm'));
+    expect([add(receiver), add('or2'), del('or2'), del(receiver)].every((x) => x >= 0)).toBe(true);
+    expect(add(receiver)).toBeLessThan(add('or2'));
+    expect(add('or2')).toBeLessThan(del('or2'));
+    expect(del('or2')).toBeLessThan(del(receiver));
+    expect(stagesInOrder(r)[del(receiver)]).toBe('drain');
+    expect(stagesInOrder(r)[del('or2')]).toBe('retire');
+    expect(r.results.every((x) => x.ok)).toBe(true);
+  });
+
+  describe('a node that fails keeps the SAs it shares working: its peers neither switch to a new SPI it lacks nor drop the old one it uses', () => {
+    /** a plan whose only change is a rekey of one SA between or2 and a neighbour, or2 being its `role` */
+    function oneRekey(role: 'receiver' | 'sender') {
+      const s = withInstalled(plan0.state, () => []);
+      const obs = recorded();
+      obs.or2 = structuredClone(obs.or2!);
+      const own2 = ownAddresses(plan0.configs.get('or2')!, ifaces.get('or2')!);
+      const victim = obs.or2.states!.owned.find((x) => own2(x.dst) === (role === 'receiver'))!;
+      victim.replayWindow = 7;
+      const live = planAgainst(net, s, readsOf(obs), ZERO_KEYS);
+      expect(live.rekeys).toHaveLength(1);
+      const k = live.rekeys[0]!;
+      const peer = [...live.configs].find(([n, c]) => n !== 'or2' && c.states.some((x) => x.spi === k.newSpi))![0];
+      const hex = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+      const touched = (r: Run, node: string, spi: number) => r.log.filter((e) => e.node === node && new RegExp(`^xfrm state (add|delete) .*spi ${hex(spi)}( |$)`, 'm').test(e.stdin));
+      return { live, k, peer, touched };
+    }
+    const failSas: FakeResponder = (node, argv, stdin) => (node === 'or2' && stdin.includes('xfrm state add') ? { exitCode: 2, stdout: '', stderr: 'RTNETLINK answers: No buffer space available\n' } : undefined);
+
+    test('the receiver fails to take the new SA: the sender neither installs it nor removes the old one', async () => {
+      const { live, k, peer, touched } = oneRekey('receiver');
+      const r = await run(live, { respond: failSas });
+      expect(r.results.find((x) => x.node === 'or2')).toMatchObject({ ok: false, stages: [] });
+      expect(touched(r, peer, k.newSpi)).toEqual([]);
+      expect(touched(r, peer, k.oldSpi)).toEqual([]);
+      expect(r.results.find((x) => x.node === peer)!.error).toBeUndefined();
+    });
+
+    test('the sender fails to take the new SA: the receiver does not drain the old one the sender still uses', async () => {
+      const { live, k, peer, touched } = oneRekey('sender');
+      const r = await run(live, { respond: failSas });
+      expect(r.results.find((x) => x.node === 'or2')).toMatchObject({ ok: false });
+      expect(touched(r, peer, k.oldSpi)).toEqual([]);
+    });
   });
 
   test('a node whose step fails stops there; the others complete every stage; the result says where and why', async () => {
     const live = rebootPlan();
     const fail: ExecResult = { exitCode: 1, stdout: '', stderr: 'iptables-restore v1.8.9 (legacy): line 5 failed\n' };
     const r = await run(live, { respond: (node, argv) => (node === 'or2' && argv[0] === 'iptables-restore' ? fail : undefined) });
-    // or2: its install, then the failing firewall step, then nothing
+    // or2: its receive and install steps, then the failing firewall step, then nothing
     const or2 = perNode(r, 'or2');
     const k = r.expected.get('or2')!.findIndex((e) => e.argv[0] === 'iptables-restore');
     expect(r.expected.get('or2')![k]!.stage).toBe('configure');
     expect(k).toBeLessThan(r.expected.get('or2')!.length - 1);
     expect(or2).toEqual(want(r, 'or2', k + 1));
-    for (const n of ['alice', 'or1', 'or3']) expect({ n, steps: perNode(r, n) }).toEqual({ n, steps: want(r, n) });
+    // the others do all their work, but keep the old SAs they share with or2 for the next run
+    const or2Addr = formatIPv4(net.routers.get('or2')!.underlay.addr);
+    const sharedDelete = (x: { stdin: string }) => x.stdin.split('\n').filter(Boolean).every((l) => l.startsWith('xfrm state delete ') && l.includes(` ${or2Addr} `));
+    for (const n of ['alice', 'or1', 'or3']) {
+      expect(want(r, n).filter(sharedDelete).length).toBeGreaterThan(0);
+      expect({ n, steps: perNode(r, n) }).toEqual({ n, steps: want(r, n).filter((x) => !sharedDelete(x)) });
+      expect(r.progress.events).toContainEqual({ kind: 'step', node: n, text: expect.stringMatching(/left for the next run/) });
+    }
     const res = new Map(r.results.map((x) => [x.node, x]));
-    expect(res.get('or2')).toMatchObject({ ok: false, stages: ['install'] });
+    expect(res.get('or2')).toMatchObject({ ok: false, stages: ['receive', 'install'] });
     expect(res.get('or2')!.error).toMatch(/configure: iptables-restore failed \(exit 1\): iptables-restore v1\.8\.9 \(legacy\): line 5 failed/);
     expect(res.get('or2')!.error).toContain('or2 (fake)');
     for (const n of ['alice', 'or1', 'or3']) expect(res.get(n)).toMatchObject({ ok: true, stages: [...STAGES] });
@@ -362,7 +460,7 @@ describe('pushChanges over fake transports', () => {
     const r = await run(live, { respond: (node, argv, stdin) => (node === 'or1' && argv[0] === 'ip' && stdin.includes('xfrm state add') ? { exitCode: 2, stdout: '', stderr: 'RTNETLINK answers: File exists\nCommand failed -:1\n' } : undefined) });
     const res = r.results.find((x) => x.node === 'or1')!;
     expect(res).toMatchObject({ ok: false, stages: [] });
-    expect(res.error).toMatch(/install: ip -batch failed \(exit 2\): RTNETLINK answers: File exists; Command failed -:1/);
+    expect(res.error).toMatch(/receive: ip -batch failed \(exit 2\): RTNETLINK answers: File exists; Command failed -:1/);
     // the keys did go to the routers, on stdin only
     expect(r.log.some((e) => containsKey(e.stdin, keysHex))).toBe(true);
     const visible = JSON.stringify(r.results) + JSON.stringify(r.progress.events) + r.log.map((e) => e.argv.join(' ')).join('\n');
@@ -417,12 +515,13 @@ describe('pushChanges over fake transports', () => {
     // nothing started after the abort
     expect(r.log).toHaveLength(at);
     expect(stagesInOrder(r)).not.toContain('retire');
+    expect(stagesInOrder(r)).not.toContain('drain');
     for (const x of r.results) {
       expect({ node: x.node, ok: x.ok }).toEqual({ node: x.node, ok: false });
       expect(x.error).toMatch(/interrupted/);
       expect(x.stages).not.toContain('retire');
     }
-    expect(r.results.find((x) => x.node === 'or2')!.stages).toEqual(['install']);
+    expect(r.results.find((x) => x.node === 'or2')!.stages).toEqual(['receive', 'install']);
   });
 
   test('the empty plan pushes nothing', async () => {
