@@ -15,7 +15,8 @@ import { computePlan } from '../plan/plan.js';
 import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
 import { describeEvent, StateSchema, type State } from '../state/model.js';
 import { allSas, expireRetiring, rekeySa, rotateCircuits, type SaRef } from '../state/reconcile.js';
-import { dueForRekey } from '../apply/due.js';
+import { scheduleFor } from '../apply/due.js';
+import { describeReason } from '../rekey/schedule.js';
 import type { Net } from '../topology/net.js';
 import { loadTemplates, packageVersion, saveState, UserError, writeFileAtomic } from '../util/files.js';
 import { defaultPaths, openKeys, readState, readTopology, type LoadedKeys, type Paths } from './context.js';
@@ -506,7 +507,9 @@ export async function rekeyCommand(topology: string, opts: RekeyOpts, deps: Live
 
 /** the SAs due for a new key (soft lifetime reached or too old), from the schedule */
 function dueSas(net: Net, s: State, reads: Map<string, NodeRead>): { ref: SaRef; why: string }[] {
-  return dueForRekey(net, s, reads, new Date());
+  const sch = scheduleFor(net, s, reads, new Date());
+  for (const u of sch.unknown) note(`${u.label}: usage unknown (${u.unread.join(', ')} not read); left alone`);
+  return sch.due.map((d) => ({ ref: d.ref, why: `${d.urgent ? 'urgent: ' : ''}${d.reasons.map(describeReason).join('; ')}` }));
 }
 
 export interface RotateOpts extends LiveOpts {
@@ -539,12 +542,7 @@ export async function rotateCommand(topology: string, opts: RotateOpts, deps: Li
     let names: string[] = [];
     const now = new Date();
     const plan = await livePlan(l, opts, sessions, parallel, keys, l.state, (s) => {
-      names =
-        maxAgeMs !== undefined
-          ? Object.entries(s.circuits)
-              .filter(([, c]) => now.getTime() - Date.parse(c.created) >= maxAgeMs)
-              .map(([n]) => n)
-          : opts.circuit!;
+      names = maxAgeMs !== undefined ? scheduleFor(l.net, s, new Map(), now, maxAgeMs / 1000).oldCircuits.map((c) => c.circuit) : opts.circuit!;
       for (const n of names) if (!s.circuits[n]) throw new UserError(`no circuit ${n} (circuits: ${Object.keys(s.circuits).join(', ') || 'none'})`);
       if (names.length === 0) return { state: s, events: [] };
       const r = rotateCircuits(l.net, s, names, rngFactory(opts.seed ? `${opts.seed}/rotate/${now.toISOString()}` : undefined), now.toISOString());

@@ -19,6 +19,8 @@ export interface RemoteRead {
   /** nft exists and can list the ruleset */
   nft: boolean;
   xfrmStat?: string;
+  /** the router's clock when read, "YYYY-MM-DD HH:MM:SS" (local time, as SA times print) */
+  clock?: string;
 }
 
 const MARK = '@@onionctl@@';
@@ -34,6 +36,9 @@ export function readScript(o: ReadOptions = {}): string {
   const sec = (name: string) => `echo '${MARK} ${name}'`;
   const lines = [
     'export LC_ALL=C',
+    sec('clock'),
+    // the router's clock, in the zone `ip -s xfrm state` prints SA add/use times in
+    "date '+%Y-%m-%d %H:%M:%S'",
     sec('xfrmState'),
     'ip -s xfrm state || echo "@@onionctl-fail@@"',
     sec('xfrmPolicy'),
@@ -109,6 +114,8 @@ export function parseReadOutput(text: string, node: string): RemoteRead {
     if (i > 0) r.sysctls.set(line.slice(0, i), line.slice(i + 1).trim());
   }
   if (sections.has('xfrmStat')) r.xfrmStat = sections.get('xfrmStat')!;
+  const clock = /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/m.exec(sections.get('clock') ?? '');
+  if (clock) r.clock = clock[0];
   return r;
 }
 
