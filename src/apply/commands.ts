@@ -145,7 +145,7 @@ function iptablesRemoval(chains: OwnedChain[]): string {
  * The steps for one node and one stage. `desired` is the node's full desired configuration: a
  * firewall change rewrites onionctl's chains (or table) as a whole, atomically per table, once,
  * in the configure stage (rule removals included); chains that go entirely are dropped in the
- * retire stage.
+ * drain stage.
  */
 export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly Change[], ctx: CommandContext): Step[] {
   const ordered = orderChanges(changes);
