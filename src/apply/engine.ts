@@ -18,7 +18,7 @@ import { countChanges, type Counts } from '../diff/summary.js';
 import { observeNode, type ObservedNode } from '../readback/observed.js';
 import { buildConfigs } from '../spd/build.js';
 import type { State, StateEvent } from '../state/model.js';
-import { rekeySa, saRecord, saRefOfId, type SaRef } from '../state/reconcile.js';
+import { rekeySaInPlace, saRecord, saRefOfId, type SaRef } from '../state/reconcile.js';
 import type { Net } from '../topology/net.js';
 import type { Templates } from '../render/render.js';
 import { forEachSession, type Outcome, type Sessions } from '../remote/fleet.js';
@@ -192,13 +192,15 @@ export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>
       if (due.size > 0) throw new Error('internal: rekeying did not settle');
       return { state: s, events: [], configs, nodes, rekeys };
     }
+    // one copy of the state for the whole round (not one per SA: that was quadratic)
+    const next = structuredClone(s);
     for (const [id, reason] of [...due].sort(([a], [b]) => (a < b ? -1 : 1))) {
-      const ref: SaRef | undefined = saRefOfId(s, id);
+      const ref: SaRef | undefined = saRefOfId(next, id);
       if (!ref) continue;
-      const r = rekeySa(s, ref);
-      s = r.state;
+      const r = rekeySaInPlace(next, ref);
       rekeys.push({ sa: id, reason, oldSpi: r.old.spi, newSpi: r.now.spi });
     }
+    s = next;
   }
 }
 

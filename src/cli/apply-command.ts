@@ -14,7 +14,7 @@ import { rngFactory } from '../pathselect/rng.js';
 import { computePlan } from '../plan/plan.js';
 import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
 import { describeEvent, StateSchema, type State } from '../state/model.js';
-import { allSas, expireRetiring, rekeySa, rotateCircuits, type SaRef } from '../state/reconcile.js';
+import { allSas, expireRetiring, rekeySaInPlace, rotateCircuits, type SaRef } from '../state/reconcile.js';
 import { scheduleFor } from '../apply/due.js';
 import { describeReason } from '../rekey/schedule.js';
 import type { Net } from '../topology/net.js';
@@ -468,11 +468,11 @@ export async function rekeyCommand(topology: string, opts: RekeyOpts, deps: Live
       if (opts.all) picked = allSas(s).map(({ ref }) => ({ ref, why: 'rekey --all' }));
       else if (opts.circuit) picked = circuitSas(s, opts.circuit).map((ref) => ({ ref, why: 'rekey --circuit' }));
       else picked = dueSas(l.net, s, reads);
-      let st = s;
+      // one copy of the state, not one per SA (quadratic with rekey --all on a large network)
+      const st = structuredClone(s);
       const events: string[] = [];
       for (const { ref, why } of picked) {
-        const r = rekeySa(st, ref, { retireUntil });
-        st = r.state;
+        const r = rekeySaInPlace(st, ref, { retireUntil });
         events.push(`${refText(ref)}: spi 0x${r.old.spi.toString(16)} -> 0x${r.now.spi.toString(16)}, epoch ${r.now.epoch} (${why})`);
       }
       return { state: st, events };

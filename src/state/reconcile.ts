@@ -172,6 +172,15 @@ export type SaRef = { circuit: string; hop: number; dir: 'fwd' | 'rev' } | { lin
  */
 export function rekeySa(prev: State, ref: SaRef, opts: { retireUntil?: string } = {}): { state: State; old: SaRecord; now: SaRecord } {
   const s: State = structuredClone(prev);
+  return { state: s, ...rekeySaInPlace(s, ref, opts) };
+}
+
+/**
+ * rekeySa on a state the caller owns (already a copy): rekeying many SAs at once then costs one
+ * copy of the state, not one per SA (a copy per SA made planning quadratic: ~40 s for the 2,600
+ * SAs of a 4-router, 640-circuit network after a destroy, ~190 s for twice that).
+ */
+export function rekeySaInPlace(s: State, ref: SaRef, opts: { retireUntil?: string } = {}): { old: SaRecord; now: SaRecord } {
   let rec: SaRecord | undefined;
   if ('circuit' in ref) {
     const c = s.circuits[ref.circuit];
@@ -191,7 +200,7 @@ export function rekeySa(prev: State, ref: SaRef, opts: { retireUntil?: string } 
   rec.installed = [];
   delete rec.since;
   s.serial += 1;
-  return { state: s, old, now: { ...rec } };
+  return { old, now: { ...rec } };
 }
 
 /** The state record of an SA (undefined when the state has no such SA). */
