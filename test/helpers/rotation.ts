@@ -91,7 +91,7 @@ export interface NodeView {
   lo: string;
   iptables: string;
   xfrmStat: Record<string, number>;
-  /** nstat counters of the namespace (TcpRetransSegs, IcmpInEchos) */
+  /** nstat counters of the namespace (TCP_COUNTERS, IcmpInEchos) */
   nstat: Record<string, number>;
 }
 
@@ -101,7 +101,9 @@ export interface Snapshot {
   servers: Map<string, Record<string, number>>;
 }
 
-const NSTAT = 'nstat -asz TcpRetransSegs IcmpInEchos';
+/** TCP counters that tell lost segments from spurious retransmissions (tail-loss probes, RTOs after a stall, segments the receiver reports as duplicates) */
+export const TCP_COUNTERS = ['TcpRetransSegs', 'TcpExtTCPLossProbes', 'TcpExtTCPTimeouts', 'TcpExtTCPSpuriousRTOs', 'TcpExtTCPDSACKRecv', 'TcpExtTCPDSACKOldSent'] as const;
+const NSTAT = `nstat -asz ${TCP_COUNTERS.join(' ')} IcmpInEchos`;
 
 function parseNstat(text: string): Record<string, number> {
   const out: Record<string, number> = {};
@@ -112,10 +114,15 @@ function parseNstat(text: string): Record<string, number> {
   return out;
 }
 
-/** Every node and server, in one round trip to the lab kernel. */
-export async function snapshot(lab: LabHandle): Promise<Snapshot> {
+/**
+ * Every node and server, in one round trip to the lab kernel. `counters: true` reads only the SAs
+ * and the counters (policies, routes, addresses and firewall rules come back empty): fewer
+ * process starts in the emulated kernel.
+ */
+export async function snapshot(lab: LabHandle, opts: { counters?: boolean } = {}): Promise<Snapshot> {
   const ipt = `${lab.iptables}-save`;
-  const nodeScript = `ip -s xfrm state; echo @@; ip xfrm policy; echo @@; ip route show table all proto 79; echo @@; ip -4 addr show dev lo; echo @@; ${ipt}; echo @@; cat /proc/net/xfrm_stat; echo @@; ${NSTAT}`;
+  const config = opts.counters ? 'echo @@; echo @@; echo @@; echo @@' : `echo @@; ip xfrm policy; echo @@; ip route show table all proto 79; echo @@; ip -4 addr show dev lo; echo @@; ${ipt}`;
+  const nodeScript = `ip -s xfrm state; ${config}; echo @@; cat /proc/net/xfrm_stat; echo @@; ${NSTAT}`;
   const parts = lab.rec.layout.nodes.map((n) => `echo '@@@ node ${n.name}'; nsenter --net=/run/netns/${n.ns} sh -c '${nodeScript}' || exit 1`);
   for (const s of lab.rec.layout.servers) parts.push(`echo '@@@ server ${s.circuit}'; nsenter --net=/run/netns/${s.ns} ${NSTAT} || exit 1`);
   const r = await lab.root(['sh', '-c', parts.join('\n')]);

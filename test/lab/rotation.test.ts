@@ -32,7 +32,7 @@ import { formatIPv4 } from '../../src/net/addr.js';
 import { StateSchema, type CircuitState, type State } from '../../src/state/model.js';
 import { LabHandle, leftovers, onionctl, pointerPath, start, type Ran } from '../helpers/lab.js';
 import { ipv4Of, parsePcap, writePcap } from '../helpers/pcap.js';
-import { EpochLedger, KeyLedger, hex, holders, mentions, snapshot, writePrograms, type LabPrograms, type Snapshot } from '../helpers/rotation.js';
+import { EpochLedger, KeyLedger, TCP_COUNTERS, hex, holders, mentions, snapshot, writePrograms, type LabPrograms, type Snapshot } from '../helpers/rotation.js';
 
 const MIN = 60_000;
 const STEP = 12 * MIN;
@@ -147,8 +147,8 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
 
   const readState = async (): Promise<State> => StateSchema.parse(JSON.parse(await fs.readFile(lab.ctl.state, 'utf8')));
   /** snapshot of every node and the state, fed to both ledgers */
-  const checkpoint = async (where: string): Promise<{ snap: Snapshot; st: State }> => {
-    const snap = await snapshot(lab);
+  const checkpoint = async (where: string, opts: { counters?: boolean } = {}): Promise<{ snap: Snapshot; st: State }> => {
+    const snap = await snapshot(lab, opts);
     const st = await readState();
     keys.observe(where, snap);
     epochs.observe(where, st);
@@ -253,7 +253,7 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     expect(new Set(next.back).size).toBe(sizes.length);
     expect(Math.min(...out.padded)).toBeGreaterThan(Math.max(...next.padded)); // padded up, not merely equal
     // and it is the SA option doing it: alice's layer-1 SAs carry tfcpad, no other SA of hers does
-    const snap = await snapshot(lab);
+    const snap = await snapshot(lab, { counters: true });
     const padOn = (snap.nodes.get('alice')!.states.filter((s) => s.tfcpad !== undefined)).map((s) => s.spi).sort();
     expect(padOn).toEqual([c.fwd[0]!.spi, c.rev[0]!.spi].sort());
     expect(snap.nodes.get('alice')!.states.find((s) => s.spi === c.fwd[0]!.spi)?.tfcpad).toBe(PAD);
@@ -268,11 +268,11 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     expect(sent.every((f) => ipv4Of(f.data)?.spi === overlay.spi)).toBe(true);
     const replay = path.join(dir, 'replay.pcap');
     await fs.writeFile(replay, writePcap({ linktype: padded.linktype, frames: sent }), { mode: 0o600 });
-    const pre = await snapshot(lab);
+    const pre = snap; // nothing was sent since
     const inj = await lab.root(['python3', progs.inject, replay, lab.node(h1).underlay.hostVeth]);
     expect({ code: inj.code, stdout: inj.stdout.trim() }).toEqual({ code: 0, stdout: `sent ${sent.length}` });
     await sleep(1000);
-    const post = await snapshot(lab);
+    const post = await snapshot(lab, { counters: true });
     const sa = (s: Snapshot) => s.nodes.get(h1)!.states.find((x) => x.spi === overlay.spi)!.counters!;
     const replays = (s: Snapshot) => sa(s).replayErrors + sa(s).replayWindowErrors;
     const seqErr = delta(pre.nodes.get(h1)!.xfrmStat.XfrmInStateSeqError, post.nodes.get(h1)!.xfrmStat.XfrmInStateSeqError);
@@ -294,7 +294,7 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     await fs.mkdir(dl, { mode: 0o700 });
     const file = path.join(lab.rec.dir, 'www', '20M.bin');
     const want = readFileSync(file);
-    const { snap: pre, st: st0 } = await checkpoint('before rekey --circuit web');
+    const { snap: pre, st: st0 } = await checkpoint('before rekey --circuit web', { counters: true });
     const c0 = st0.circuits.web!;
     // paced at 64 KiB/s until the rekey is over (at most 320 s), then at full speed
     const rate = 65536;
@@ -308,19 +308,24 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     const took = (Date.now() - t0) / 1000;
     const spanned = !existsSync(path.join(dl, 'result')) && !existsSync(path.join(dl, 'curl.rc'));
     // the counters right after the rekey (the download still paced), then after the download
-    const { snap: mid } = await checkpoint('right after rekey --circuit web');
+    const { snap: mid } = await checkpoint('right after rekey --circuit web', { counters: true });
     await fs.writeFile(path.join(dl, 'stop'), '');
     const finished = (await waitFor(path.join(dl, 'result'), 6 * MIN)) && (await waitFor(path.join(dl, 'curl.rc'), 30_000));
-    const { snap: post, st: st1 } = await checkpoint('after the download');
+    const { snap: post, st: st1 } = await checkpoint('after the download', { counters: true });
     expect(show(rk)).toMatchObject({ code: 0 });
     expect(spanned).toBe(true); // the transfer ran during the whole rekey
     expect(finished).toBe(true);
 
     // --- what was lost, printed: during the rekey (paced transfer), and after it (the rest at full speed)
     const srv = lab.rec.layout.servers[0]!.circuit;
+    const tcp = (x: Record<string, number>, y: Record<string, number>) => Object.fromEntries(TCP_COUNTERS.map((k) => [k, delta(x[k], y[k])])) as Record<(typeof TCP_COUNTERS)[number], number>;
     const losses = (a: Snapshot, b: Snapshot) => ({
-      server: delta(a.servers.get(srv)!.TcpRetransSegs, b.servers.get(srv)!.TcpRetransSegs),
-      client: delta(a.nodes.get('alice')!.nstat.TcpRetransSegs, b.nodes.get('alice')!.nstat.TcpRetransSegs),
+      server: tcp(a.servers.get(srv)!, b.servers.get(srv)!),
+      client: tcp(a.nodes.get('alice')!.nstat, b.nodes.get('alice')!.nstat),
+      other: [...b.nodes.keys()].flatMap((n) => {
+        const [x, y] = [a.nodes.get(n)!.xfrmStat, b.nodes.get(n)!.xfrmStat];
+        return Object.keys(y).filter((k) => !['XfrmInNoStates', 'XfrmInStateSeqError', 'XfrmOutNoStates'].includes(k) && delta(x[k], y[k]) !== 0).map((k) => `${n} ${k} +${delta(x[k], y[k])}`);
+      }),
       xfrm: [...b.nodes.keys()].map((n) => {
         const [x, y] = [a.nodes.get(n)!.xfrmStat, b.nodes.get(n)!.xfrmStat];
         return { node: n, inNoStates: delta(x.XfrmInNoStates, y.XfrmInNoStates), inSeqError: delta(x.XfrmInStateSeqError, y.XfrmInStateSeqError), outNoStates: delta(x.XfrmOutNoStates, y.XfrmOutNoStates) };
@@ -331,14 +336,17 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     const result = JSON.parse(await fs.readFile(path.join(dl, 'result'), 'utf8')) as { bytes: number; sha256: string };
     const curlRc = (await fs.readFile(path.join(dl, 'curl.rc'), 'utf8')).trim();
     const curlSize = Number(/@@size (\d+)/.exec(await fs.readFile(path.join(dl, 'curl.err'), 'utf8'))?.[1]);
-    const xfrmLine = (l: ReturnType<typeof losses>) => l.xfrm.map((r) => `${r.node} ${r.inNoStates}/${r.inSeqError}/${r.outNoStates}`).join(', ');
+    const xfrmLine = (l: ReturnType<typeof losses>) => `${l.xfrm.map((r) => `${r.node} ${r.inNoStates}/${r.inSeqError}/${r.outNoStates}`).join(', ')}; other xfrm errors: ${l.other.join(', ') || 'none'}`;
+    // a retransmission the receiver reports as a duplicate (DSACK) was not lost: at most the rest were
+    const tcpLine = (t: ReturnType<typeof tcp>) =>
+      `at most ${Math.max(0, t.TcpRetransSegs - t.TcpExtTCPDSACKRecv)} segments lost: ${t.TcpRetransSegs} retransmitted, ${t.TcpExtTCPDSACKRecv} of them reported as duplicates by the client (DSACK); tail-loss probes ${t.TcpExtTCPLossProbes}, timeouts ${t.TcpExtTCPTimeouts}`;
     console.log(
       [
         `rekey --circuit web --grace 5 during a 20 MiB download through the circuit (paced at ${rate / 1024} KiB/s until the rekey ended): rekey exit ${rk.code} after ${took.toFixed(1)} s;`,
         `  download: curl exit ${curlRc}, ${result.bytes} of ${want.length} bytes, sha256 ${result.sha256 === createHash('sha256').update(want).digest('hex') ? 'matches' : 'DIFFERS'}`,
-        '  packets lost                      during the rekey      after it (rest of the download at full speed)',
-        `  TCP retransmissions, server        +${String(during.server).padEnd(20)} +${after.server}   (the data sender)`,
-        `  TCP retransmissions, client ns     +${String(during.client).padEnd(20)} +${after.client}   (includes its sshd's management sessions)`,
+        `  TCP, server (the data sender), during the rekey: ${tcpLine(during.server)}`,
+        `                           after it (the rest at full speed): ${tcpLine(after.server)}`,
+        `  TCP retransmissions in the client namespace (its sshd's management sessions too): +${during.client.TcpRetransSegs} during, +${after.client.TcpRetransSegs} after; duplicate segments received (DSACKs sent) +${during.client.TcpExtTCPDSACKOldSent} / +${after.client.TcpExtTCPDSACKOldSent}`,
         `  xfrm_stat InNoStates/InStateSeqError/OutNoStates per node:`,
         `    during the rekey: ${xfrmLine(during)}`,
         `    after it:         ${xfrmLine(after)}`,
@@ -387,7 +395,7 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     await fs.rename(tmpState, lab.ctl.state);
 
     const r = await ctl('rekey', ['--due', '--grace', '0']);
-    const { snap, st: st1 } = await checkpoint('after rekey --due');
+    const { snap, st: st1 } = await checkpoint('after rekey --due', { counters: true });
     expect(show(r)).toMatchObject({ code: 0 });
     const old = circuitSas(st0.circuits.web!);
     circuitSas(st1.circuits.web!).forEach(([label, rec], i) => {
