@@ -265,11 +265,6 @@ export interface PushInput {
   signal?: AbortSignal;
   /** each node's interface addresses (underlay, an exit's outside), to tell which end of an SA it is; default none */
   ifaceAddrs?: Map<string, number[]>;
-  /**
-   * per client, the routers of its circuits: a client whose router failed keeps its circuits as
-   * they are (no configure, retire or drain) rather than move to a path that is not ready
-   */
-  routersOf?: Map<string, string[]>;
 }
 
 /** every node's interface addresses, from the topology */
@@ -299,18 +294,6 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
     stage === 'configure' ? [{ stage, kinds: ['router'] }, { stage, kinds: ['client'] }] : [{ stage, kinds: ['router', 'client'] }],
   );
   for (const { stage, kinds } of waves) {
-    if (stage === 'configure' && kinds.includes('client')) {
-      for (const n of work) {
-        const res = results.get(n.node)!;
-        if (!res.ok || p.configs.get(n.node)!.kind !== 'client') continue;
-        // routers that failed during this push (a router that could not be read has no stage to fail)
-        const failed = (p.routersOf?.get(n.node) ?? []).filter((r) => work.some((w) => w.node === r) && results.get(r)?.ok === false);
-        if (failed.length === 0) continue;
-        res.ok = false;
-        res.error = `${n.node}: held back after ${res.stages.at(-1) ?? 'no'} stage: ${[...new Set(failed)].join(', ')} of its circuits failed, so it keeps its circuits as they are; run apply again`;
-        p.progress.fail(n.node, res.error);
-      }
-    }
     const live = work.filter((n) => results.get(n.node)!.ok && kinds.includes(p.configs.get(n.node)!.kind));
     if (aborted()) break;
     if (live.length === 0) continue;

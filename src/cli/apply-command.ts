@@ -293,7 +293,6 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
       progress,
       signal: intr.signal,
       ifaceAddrs: interfaceAddresses(l.net),
-      routersOf: routersOfClients(live.state, l.state),
     });
   } finally {
     progress.finish();
@@ -562,11 +561,4 @@ export async function rotateCommand(topology: string, opts: RotateOpts, deps: Li
     await sessions.closeAll();
     await lock.release();
   }
-}
-
-/** per client, the routers of its circuits, old paths (saved state) and new ones (the plan) */
-function routersOfClients(...states: State[]): Map<string, string[]> {
-  const m = new Map<string, string[]>();
-  for (const st of states) for (const c of Object.values(st.circuits)) m.set(c.client, [...new Set([...(m.get(c.client) ?? []), ...c.hops])]);
-  return m;
 }
