@@ -172,7 +172,7 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     if (up.code !== 0) throw new Error(`lab up failed (exit ${up.code}):\n${up.stderr}`);
     lab = LabHandle.open(topo);
     progs = await writePrograms(path.join(lab.rec.dir, 'rotation'));
-    await checkpoint('after lab up');
+    await checkpoint('after lab up', { counters: true });
   }, 15 * MIN);
 
   afterAll(async () => {
