@@ -12,8 +12,8 @@
  *      routers' kernel: no SA key in any command line or environment; traffic flows
  *   c  a second apply changes nothing, plan --live exits 0; a held lock stops apply, --break-lock
  *   d  plan --out, a router changes, apply PLAN refuses naming it; a fresh plan --out + apply PLAN converge
- *   e  one router unreachable, one refusing authentication, one failing a command: the others
- *      complete, the state stays valid; after repair the next apply converges
+ *   e  a router unreachable, a node refusing authentication, a router failing a command: the
+ *      other router completes, the state stays valid; after repair the next apply converges
  *   f  SIGINT and SIGKILL during an apply: the next apply converges, traffic flows
  *   g  lab reboot or2: plan shows the drift on or2 only; apply restores it with new SPIs and keys
  *   h  status --json: paths, counters that grew with traffic, health ok
@@ -187,6 +187,11 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     expect((text.match(/hostKey: ssh-ed25519 AAAA/g) ?? []).length).toBe(lab.nodes.length);
     expect(((await fs.stat(c.topology)).mode & 0o777).toString(8)).toBe('600');
     expect(existsSync(c.state)).toBe(false);
+    // lab exec: a command beside the controller, with the lab's paths in its environment
+    const ex = await onionctl(['lab', 'exec', topo, '--', 'sh', '-c', 'echo "$ONIONCTL_LAB_DIR $ONIONCTL_LAB_TOPOLOGY"; ip -4 -o addr show']);
+    expect(show(ex)).toMatchObject({ code: 0 });
+    expect(ex.stdout).toContain(`${lab.rec.dir} ${c.topology}\n`);
+    expect(ex.stdout).toContain(` ${formatIPv4(lab.rec.layout.controllerMgmt)}/`);
     for (const v of (await viewAll(lab)).values()) {
       expect(v.states).toEqual([]);
       expect(v.routes79).toBe('');
@@ -332,13 +337,13 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     expect((await lab.shOk('or2', `ip route show ${dst} proto 79`)).trim()).toBe(route.trim());
   }, STEP);
 
-  test('e: unreachable, refusing and failing routers report their errors while the others complete; after repair apply converges', async () => {
+  test('e: unreachable, refusing and failing nodes report their errors while the others complete; after repair apply converges', async () => {
     // work for every node: onionctl's routes gone everywhere
     for (const n of lab.nodes) await lab.shOk(n, 'ip route flush proto 79');
     // or1 unreachable: its sshd stopped
     await lab.root(['sh', '-c', `kill "$(cat ${lab.rec.dir}/sshd-or1.pid)"`]);
-    // or2 refuses us: another key in its authorized_keys
-    const ak = path.join(lab.rec.dir, 'ssh', 'or2_authorized_keys');
+    // alice refuses us: another key in its authorized_keys
+    const ak = path.join(lab.rec.dir, 'ssh', 'alice_authorized_keys');
     const akSaved = await fs.readFile(ak, 'utf8');
     await fs.writeFile(ak, generateEd25519('someone-else').public + '\n', { mode: 0o600 });
     // or3's commands fail: its underlay interface renamed
@@ -354,21 +359,23 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     }
     expect(show(failed)).toMatchObject({ code: 1 });
     expect(failed.stdout).toMatch(/^or1: error: .*(refused|ECONNREFUSED|timed out)/m);
-    expect(failed.stdout).toMatch(/^or2: error: .*authentication/m);
+    expect(failed.stdout).toMatch(/^alice: error: .*authentication/m);
     expect(failed.stdout).toMatch(/^or3: error: .*eth0/m);
-    expect(failed.stdout).not.toMatch(/^alice: error/m);
+    expect(failed.stdout).not.toMatch(/^or2: error/m);
+    expect(failed.stdout).toMatch(/ on 1 of 4 nodes/);
     expect(failed.stdout + failed.stderr).not.toMatch(STACK_LINE);
     expect(await stateValid(lab.ctl.state)).toBe(true);
     expect(existsSync(`${lab.ctl.state}.lock`)).toBe(false);
-    // alice was done
-    expect((await view(lab, 'alice')).routes79).not.toBe('');
+    // or2 was done, the others were left as they were
+    const mid = await viewAll(lab);
+    expect([...mid].map(([n, v]) => [n, v.routes79 !== ''])).toEqual([['or1', false], ['or2', true], ['or3', false], ['alice', false]]);
 
-    // sshd of or1 answers again (the next apply connects)
+    // repaired: the next apply converges, and a plan after it has nothing to do
     const fixed = await lab.labCtl('apply');
     expect(show(fixed)).toMatchObject({ code: 0 });
     const plan = await lab.labCtl('plan', ['--live', '--detailed-exitcode']);
     expect(show(plan)).toMatchObject({ code: 0 });
-    for (const n of lab.nodes) expect({ n, routes: (await view(lab, n)).routes79 !== '' }).toEqual({ n, routes: true });
+    for (const [n, v] of await viewAll(lab)) expect({ n, routes: v.routes79 !== '' }).toEqual({ n, routes: true });
   }, STEP);
 
   test('f: an apply interrupted by SIGINT, and one killed by SIGKILL, converge on the next run', async () => {
