@@ -167,7 +167,18 @@ export class LabHandle {
     const r = await this.sh(client, `out=$(${ping}); case "$out" in *" 3 received"*|*" 2 received"*) ;; *) out=$(${ping}) ;; esac; echo "$out"; echo "@@curl $(curl -sS -o /dev/null --max-time 60 -w '%{size_download}' http://${dest}/obj8.bin 2>&1)"`);
     const replies = Number(/(\d+) (?:packets )?received/.exec(r.stdout)?.[1] ?? 0);
     const bytes = Number(/@@curl (\d+)/.exec(r.stdout)?.[1] ?? 0);
-    return { replies, bytes, detail: `${replies}/3 pings answered, ${bytes} of 20000 bytes fetched; ${(r.stdout + r.stderr).trim().split('\n').slice(-2).join(' | ')}` };
+    let detail = `${replies}/3 pings answered, ${bytes} of 20000 bytes fetched; ${r.stdout.trim().split('\n').slice(-2).join(' | ')}${r.stderr.trim() ? `; stderr: ${r.stderr.trim()}` : ''}`;
+    if (replies < 2 || bytes !== 20000) detail += `; ${await this.diagnose()}`;
+    return { replies, bytes, detail };
+  }
+
+  /** For a failed traffic check: every node's non-zero /proc/net/xfrm_stat counters and onionctl's iptables counters. */
+  async diagnose(): Promise<string> {
+    const script = this.nodes
+      .map((n) => `echo "@@ ${n}: $(nsenter --net=/run/netns/${this.node(n).ns} sh -c "grep -v ' 0$' /proc/net/xfrm_stat | tr -s ' ' | tr '\\n' ','; ${this.iptables}-save -c | grep -i onionctl | grep -v '^\\[0:0\\]' | tr '\\n' ','")"`)
+      .join('\n');
+    const r = await this.root(['sh', '-c', script]);
+    return `xfrm_stat and iptables counters: ${r.stdout.trim().split('\n').join(' ')}${r.stderr.trim() ? ` (${r.stderr.trim()})` : ''}`;
   }
 }
 

@@ -171,6 +171,11 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
 
   afterAll(async () => {
     if (!topo) return;
+    if (process.env.ONIONCTL_TEST_KEEP_LAB) {
+      // for debugging a failed step: the lab stays up (onionctl lab down TOPOLOGY removes it)
+      process.stderr.write(`ONIONCTL_TEST_KEEP_LAB: the lab stays up; remove it with: onionctl lab down ${topo}\n`);
+      return;
+    }
     const id = existsSync(pointerPath(topo)) ? readFileSync(pointerPath(topo), 'utf8').trim() : undefined;
     const down = await onionctl(['lab', 'down', topo]);
     expect(show(down)).toMatchObject({ code: 0 });
@@ -237,7 +242,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const marker = `scanner-self-test-${process.pid}-${Date.now()}`;
     try {
       // the scanner's own check: a short-lived process with a marker in its environment
-      await lab.root(['sleep', '0.5'], { env: { ONIONCTL_SCAN_MARK: marker } });
+      await lab.root(['sleep', '3'], { env: { ONIONCTL_SCAN_MARK: marker } });
       apply = await lab.labCtl('apply');
     } finally {
       scan = await scanner.stop();
@@ -335,6 +340,8 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const applied = await lab.labCtl('apply', [p2]);
     expect(show(applied)).toMatchObject({ code: 0 });
     expect((await lab.shOk('or2', `ip route show ${dst} proto 79`)).trim()).toBe(route.trim());
+    const t = await lab.traffic();
+    expect({ ok: t.replies >= 2 && t.bytes === 20000, detail: t.detail }).toEqual({ ok: true, detail: t.detail });
   }, STEP);
 
   test('e: unreachable, refusing and failing nodes report their errors while the others complete; after repair apply converges', async () => {
@@ -376,6 +383,8 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const plan = await lab.labCtl('plan', ['--live', '--detailed-exitcode']);
     expect(show(plan)).toMatchObject({ code: 0 });
     for (const [n, v] of await viewAll(lab)) expect({ n, routes: v.routes79 !== '' }).toEqual({ n, routes: true });
+    const t = await lab.traffic();
+    expect({ ok: t.replies >= 2 && t.bytes === 20000, detail: t.detail }).toEqual({ ok: true, detail: t.detail });
   }, STEP);
 
   test('f: an apply interrupted by SIGINT, and one killed by SIGKILL, converge on the next run', async () => {
