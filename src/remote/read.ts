@@ -31,6 +31,8 @@ export interface ReadOptions {
 }
 
 const SYSCTL_KEY = /^[a-z0-9_.-]+$/i;
+/** a newline inside a quoted `case` pattern: a line that starts with it */
+const NL = '\n';
 
 export function readScript(o: ReadOptions = {}): string {
   const sec = (name: string) => `echo '${MARK} ${name}'`;
@@ -49,15 +51,17 @@ export function readScript(o: ReadOptions = {}): string {
     'ip -4 addr show dev lo || echo "@@onionctl-fail@@"',
     sec('iptables'),
     // which iptables holds onionctl's chains; else the one in use (iptables-nft warns when legacy
-    // tables exist); its name tells which restore to use
+    // tables exist); its name tells which restore to use. Matching is done with `case` and the
+    // legacy tables are read only when needed: every process start counts on a small router (and
+    // a large fraction of a second in an emulated one).
     'a=; b=; ra=1; rb=1; v=',
     'if command -v iptables-save >/dev/null 2>&1; then a=$(iptables-save 2>/dev/null); ra=$?; fi',
-    'if command -v iptables-legacy-save >/dev/null 2>&1; then b=$(iptables-legacy-save 2>/dev/null); rb=$?; fi',
-    'if [ $ra = 0 ] && printf "%s" "$a" | grep -q "^:ONIONCTL-"; then v=iptables',
-    'elif [ $rb = 0 ] && printf "%s" "$b" | grep -q "^:ONIONCTL-"; then v=iptables-legacy',
-    'elif [ $ra = 0 ] && ! printf "%s" "$a" | grep -q "legacy tables present"; then v=iptables',
-    'elif [ $rb = 0 ]; then v=iptables-legacy',
-    'elif [ $ra = 0 ]; then v=iptables; fi',
+    `if [ $ra = 0 ]; then case "$a" in ':ONIONCTL-'*|*'${NL}:ONIONCTL-'*) v=iptables ;; esac; fi`,
+    'if [ -z "$v" ] && command -v iptables-legacy-save >/dev/null 2>&1; then b=$(iptables-legacy-save 2>/dev/null); rb=$?; fi',
+    `if [ -z "$v" ] && [ $rb = 0 ]; then case "$b" in ':ONIONCTL-'*|*'${NL}:ONIONCTL-'*) v=iptables-legacy ;; esac; fi`,
+    'if [ -z "$v" ] && [ $ra = 0 ]; then case "$a" in *"legacy tables present"*) ;; *) v=iptables ;; esac; fi',
+    'if [ -z "$v" ] && [ $rb = 0 ]; then v=iptables-legacy; fi',
+    'if [ -z "$v" ] && [ $ra = 0 ]; then v=iptables; fi',
     'if [ "$v" = iptables ]; then echo "@@variant iptables"; printf "%s\\n" "$a"; elif [ -n "$v" ]; then echo "@@variant iptables-legacy"; printf "%s\\n" "$b"; fi',
     sec('nft'),
     'if command -v nft >/dev/null 2>&1 && out=$(nft list ruleset 2>/dev/null); then echo "@@nft ok"; printf "%s\\n" "$out"; else echo "@@nft none"; fi',
@@ -66,7 +70,8 @@ export function readScript(o: ReadOptions = {}): string {
   for (const k of o.sysctlKeys ?? []) {
     if (!SYSCTL_KEY.test(k)) throw new Error(`internal: bad sysctl key ${k}`);
     const p = `/proc/sys/${k.replace(/\./g, '/')}`;
-    lines.push(`printf '%s=%s\\n' '${k}' "$(cat ${p} 2>/dev/null)"`);
+    // `read` is a shell builtin: no process per key
+    lines.push(`v=; read -r v 2>/dev/null < ${p}; printf '%s=%s\\n' '${k}' "$v"`);
   }
   if (o.xfrmStat) lines.push(sec('xfrmStat'), 'cat /proc/net/xfrm_stat 2>/dev/null || true');
   lines.push(sec('end'));

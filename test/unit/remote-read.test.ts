@@ -93,7 +93,7 @@ describe('parseReadOutput and readRouter on recorded output', () => {
     expect(t.calls).toEqual([{ argv: ['sh', '-s'], stdin: readScript({ sysctlKeys: ['net.ipv4.ip_forward'], xfrmStat: true }) }]);
     expect(r.outputs.routes).toBe(OR1.routes);
     expect(t.calls[0]!.stdin).toContain('ip -s xfrm state');
-    expect(t.calls[0]!.stdin).toContain("cat /proc/sys/net/ipv4/ip_forward");
+    expect(t.calls[0]!.stdin).toContain("read -r v 2>/dev/null < /proc/sys/net/ipv4/ip_forward");
     expect(t.calls[0]!.stdin).toContain('cat /proc/net/xfrm_stat');
     expect(readScript()).not.toContain('xfrm_stat');
   });
@@ -151,7 +151,8 @@ function toolDir(t: Tools): string {
   const data = path.join(dir, 'data');
   mkdirSync(data, { recursive: true });
   const tool = (name: string, body: string) => {
-    writeFileSync(path.join(dir, name), `#!/bin/sh\n${body}\n`);
+    // every stand-in notes its start in dir/calls (to count the processes the script starts)
+    writeFileSync(path.join(dir, name), `#!/bin/sh\necho ${name} >> ${path.join(dir, 'calls')}\n${body}\n`);
     chmodSync(path.join(dir, name), 0o755);
   };
   const file = (name: string, text: string) => {
@@ -166,22 +167,23 @@ function toolDir(t: Tools): string {
     'ip',
     [
       'case "$*" in',
-      `  "-s xfrm state") ${t.ip === 'fail-state' ? 'echo "RTNETLINK answers: Operation not permitted" >&2; exit 2' : `cat ${xs}`} ;;`,
-      `  "xfrm policy") cat ${xp} ;;`,
-      `  "route show table main") cat ${rt} ;;`,
-      `  "-4 addr show dev lo") cat ${ad} ;;`,
+      `  "-s xfrm state") ${t.ip === 'fail-state' ? 'echo "RTNETLINK answers: Operation not permitted" >&2; exit 2' : `/bin/cat ${xs}`} ;;`,
+      `  "xfrm policy") /bin/cat ${xp} ;;`,
+      `  "route show table main") /bin/cat ${rt} ;;`,
+      `  "-4 addr show dev lo") /bin/cat ${ad} ;;`,
       '  *) echo "unexpected ip $*" >&2; exit 9 ;;',
       'esac',
     ].join('\n'),
   );
   const standIn = (name: string, spec: Tools['nft'], check?: string) => {
     if (spec === undefined) return;
-    if (typeof spec === 'string') tool(name, `${check ?? ''}cat ${file(name, spec)}`);
+    if (typeof spec === 'string') tool(name, `${check ?? ''}/bin/cat ${file(name, spec)}`);
     else tool(name, `echo ${JSON.stringify(spec.stderr)} >&2; exit ${spec.exit}`);
   };
   standIn('iptables-save', t.iptablesSave);
   standIn('iptables-legacy-save', t.iptablesLegacySave);
   standIn('nft', t.nft, '[ "$*" = "list ruleset" ] || exit 9\n');
+  tool('date', 'echo "2026-11-24 12:00:00"');
   return dir;
 }
 
@@ -270,6 +272,38 @@ describe('readScript run by sh: which iptables, nft or not', () => {
     expect(r.sysctls.get('net.ipv4.ip_forward')).toBe(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim());
     expect(r.sysctls.get('net.ipv4.conf.all.rp_filter')).toBe(readFileSync('/proc/sys/net/ipv4/conf/all/rp_filter', 'utf8').trim());
     expect(r.sysctls.get('net.ipv4.conf.nosuchif0.rp_filter')).toBe('');
+  });
+
+  test('the script starts only the commands that read: no grep, cat or pipeline; the legacy tables only when needed', async () => {
+    // PATH holds the stand-ins and nothing else: a helper process (cat, grep, tr) would fail the read
+    const only = async (t: Tools) => {
+      const dir = toolDir(t);
+      const transport: Transport = {
+        label: 'sh, stand-ins only',
+        exec: async (argv, opts = {}) => {
+          const r = await execa('/bin/sh', argv.slice(1), { input: opts.stdin ?? '', reject: false, env: { PATH: dir, LANG: 'C' }, extendEnv: false });
+          return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
+        },
+        close: async () => {},
+      };
+      const r = await readRouter(transport, 'or1', { sysctlKeys: ['net.ipv4.ip_forward', 'net.ipv4.conf.nosuchif0.rp_filter'] });
+      return { r, calls: readFileSync(path.join(dir, 'calls'), 'utf8').trim().split('\n') };
+    };
+    const ip4 = ['ip', 'ip', 'ip', 'ip'];
+    // onionctl's chains in iptables-save: iptables-legacy-save is not started
+    const plain = await only({ iptablesSave: HOST.iptablesNft, iptablesLegacySave: PLAIN_IPT, nft: HOST.nft });
+    expect(plain.calls).toEqual(['date', ...ip4, 'iptables-save', 'nft']);
+    expect(plain.r.iptables?.save).toBe('iptables-save');
+    expect(plain.r.clock).toBe('2026-11-24 12:00:00');
+    expect(plain.r.sysctls.get('net.ipv4.ip_forward')).toBe(readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8').trim());
+    expect(plain.r.sysctls.get('net.ipv4.conf.nosuchif0.rp_filter')).toBe('');
+    // the UML guest: iptables-save fails, the legacy tables are read
+    const legacy = await only({ iptablesSave: { exit: 1, stderr: 'no nf_tables' }, iptablesLegacySave: OR1.iptablesLegacy });
+    expect(legacy.calls).toEqual(['date', ...ip4, 'iptables-save', 'iptables-legacy-save']);
+    expect(legacy.r.iptables?.save).toBe('iptables-legacy-save');
+    // a chain name that only appears inside a line is not a chain declaration
+    const inside = await only({ iptablesSave: PLAIN_IPT.replace('COMMIT', '-A INPUT -m comment --comment "x:ONIONCTL-Y" -j ACCEPT\nCOMMIT'), iptablesLegacySave: OR1.iptablesLegacy });
+    expect(inside.r.iptables?.save).toBe('iptables-legacy-save');
   });
 
   test('/proc/net/xfrm_stat on request', async () => {
