@@ -62,7 +62,6 @@ exec /bin/cat "$FIX/$f.txt"
 const FAKE_CAT = `#!/bin/sh
 case "$1" in
   /proc/net/xfrm_stat) [ -f "$FIX/xfrm_stat.txt" ] && exec /bin/cat "$FIX/xfrm_stat.txt"; exit 1 ;;
-  /proc/sys/*) [ -f "$FIX/sys/\${1#/proc/sys/}" ] && exec /bin/cat "$FIX/sys/\${1#/proc/sys/}"; exit 1 ;;
   *) exec /bin/cat "$@" ;;
 esac
 `;
@@ -125,7 +124,8 @@ class FakeRouter implements Transport {
     if (argv.join(' ') !== 'sh -s') throw new Error(`unexpected command ${argv.join(' ')}`);
     try {
       const stdout = execFileSync('/bin/sh', ['-s'], {
-        input: opts.stdin ?? '',
+        // sysctls are read with the shell's `read` builtin: point it at the fixture's files
+        input: (opts.stdin ?? '').replaceAll('< /proc/sys/', `< ${this.dir}/sys/`),
         env: { PATH: fakeBin, FIX: this.dir, FAKE_CLOCK: this.clock },
         encoding: 'utf8',
         stdio: ['pipe', 'pipe', 'pipe'],
