@@ -70,8 +70,8 @@ export function readScript(o: ReadOptions = {}): string {
   for (const k of o.sysctlKeys ?? []) {
     if (!SYSCTL_KEY.test(k)) throw new Error(`internal: bad sysctl key ${k}`);
     const p = `/proc/sys/${k.replace(/\./g, '/')}`;
-    // `read` is a shell builtin: no process per key
-    lines.push(`v=; read -r v 2>/dev/null < ${p}; printf '%s=%s\\n' '${k}' "$v"`);
+    // `read` is a shell builtin: no process per key (`val`, not `v`: that one holds the iptables variant)
+    lines.push(`val=; read -r val 2>/dev/null < ${p}; printf '%s=%s\\n' '${k}' "$val"`);
   }
   if (o.xfrmStat) lines.push(sec('xfrmStat'), 'cat /proc/net/xfrm_stat 2>/dev/null || true');
   lines.push(sec('end'));

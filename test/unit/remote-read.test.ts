@@ -93,7 +93,7 @@ describe('parseReadOutput and readRouter on recorded output', () => {
     expect(t.calls).toEqual([{ argv: ['sh', '-s'], stdin: readScript({ sysctlKeys: ['net.ipv4.ip_forward'], xfrmStat: true }) }]);
     expect(r.outputs.routes).toBe(OR1.routes);
     expect(t.calls[0]!.stdin).toContain('ip -s xfrm state');
-    expect(t.calls[0]!.stdin).toContain("read -r v 2>/dev/null < /proc/sys/net/ipv4/ip_forward");
+    expect(t.calls[0]!.stdin).toContain("read -r val 2>/dev/null < /proc/sys/net/ipv4/ip_forward");
     expect(t.calls[0]!.stdin).toContain('cat /proc/net/xfrm_stat');
     expect(readScript()).not.toContain('xfrm_stat');
   });
@@ -187,12 +187,20 @@ function toolDir(t: Tools): string {
   return dir;
 }
 
-/** runs commands with sh on this machine, with PATH limited to the stand-ins */
+/**
+ * runs commands with this machine's sh, PATH limited to the stand-ins and /usr/bin:/bin (sh's
+ * helpers), or, with `standInsOnly`, to the stand-ins alone
+ */
 class LocalShTransport implements Transport {
   readonly label = 'local sh';
-  constructor(private readonly pathDir: string) {}
+  constructor(
+    private readonly pathDir: string,
+    private readonly standInsOnly = false,
+  ) {}
   async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    const r = await execa(argv[0]!, argv.slice(1), { input: opts.stdin ?? '', reject: false, env: { PATH: `${this.pathDir}:/usr/bin:/bin`, LANG: 'C' }, extendEnv: false });
+    const PATH = this.standInsOnly ? this.pathDir : `${this.pathDir}:/usr/bin:/bin`;
+    const cmd = argv[0] === 'sh' ? '/bin/sh' : argv[0]!;
+    const r = await execa(cmd, argv.slice(1), { input: opts.stdin ?? '', reject: false, env: { PATH, LANG: 'C' }, extendEnv: false });
     return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
   }
   async close(): Promise<void> {}
@@ -278,15 +286,7 @@ describe('readScript run by sh: which iptables, nft or not', () => {
     // PATH holds the stand-ins and nothing else: a helper process (cat, grep, tr) would fail the read
     const only = async (t: Tools) => {
       const dir = toolDir(t);
-      const transport: Transport = {
-        label: 'sh, stand-ins only',
-        exec: async (argv, opts = {}) => {
-          const r = await execa('/bin/sh', argv.slice(1), { input: opts.stdin ?? '', reject: false, env: { PATH: dir, LANG: 'C' }, extendEnv: false });
-          return { exitCode: r.exitCode ?? 1, stdout: String(r.stdout), stderr: String(r.stderr) };
-        },
-        close: async () => {},
-      };
-      const r = await readRouter(transport, 'or1', { sysctlKeys: ['net.ipv4.ip_forward', 'net.ipv4.conf.nosuchif0.rp_filter'] });
+      const r = await readRouter(new LocalShTransport(dir, true), 'or1', { sysctlKeys: ['net.ipv4.ip_forward', 'net.ipv4.conf.nosuchif0.rp_filter'] });
       return { r, calls: readFileSync(path.join(dir, 'calls'), 'utf8').trim().split('\n') };
     };
     const ip4 = ['ip', 'ip', 'ip', 'ip'];
