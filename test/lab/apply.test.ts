@@ -115,6 +115,12 @@ function planCounts(text: string): { add: number; change: number; destroy: numbe
   return m ? { add: Number(m[1]), change: Number(m[2]), destroy: Number(m[3]) } : undefined;
 }
 
+/** traffic flows through the lab's circuit: at least 2 of 3 pings answered and the whole 20,000-byte object fetched */
+async function expectTrafficFlows(lab: LabHandle): Promise<void> {
+  const t = await lab.traffic();
+  expect({ ok: t.replies >= 2 && t.bytes === 20000, detail: t.detail }).toEqual({ ok: true, detail: t.detail });
+}
+
 async function stateValid(file: string): Promise<boolean> {
   return StateSchema.safeParse(JSON.parse(await fs.readFile(file, 'utf8'))).success;
 }
@@ -278,8 +284,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
       const rules = iptablesRules(v.iptables);
       for (const r of iptablesRules(b.iptables).filter((l) => l.startsWith('-A '))) expect(rules).toContain(r);
     }
-    const t = await lab.traffic();
-    expect({ replies: t.replies >= 2, bytes: t.bytes, detail: t.detail }).toEqual({ replies: true, bytes: 20000, detail: t.detail });
+    await expectTrafficFlows(lab);
   }, STEP);
 
   test('c: a second apply changes nothing; plan --live exits 0; a held lock stops apply, --break-lock takes it', async () => {
@@ -340,8 +345,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const applied = await lab.labCtl('apply', [p2]);
     expect(show(applied)).toMatchObject({ code: 0 });
     expect((await lab.shOk('or2', `ip route show ${dst} proto 79`)).trim()).toBe(route.trim());
-    const t = await lab.traffic();
-    expect({ ok: t.replies >= 2 && t.bytes === 20000, detail: t.detail }).toEqual({ ok: true, detail: t.detail });
+    await expectTrafficFlows(lab);
   }, STEP);
 
   test('e: unreachable, refusing and failing nodes report their errors while the others complete; after repair apply converges', async () => {
@@ -383,8 +387,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const plan = await lab.labCtl('plan', ['--live', '--detailed-exitcode']);
     expect(show(plan)).toMatchObject({ code: 0 });
     for (const [n, v] of await viewAll(lab)) expect({ n, routes: v.routes79 !== '' }).toEqual({ n, routes: true });
-    const t = await lab.traffic();
-    expect({ ok: t.replies >= 2 && t.bytes === 20000, detail: t.detail }).toEqual({ ok: true, detail: t.detail });
+    await expectTrafficFlows(lab);
   }, STEP);
 
   test('f: an apply interrupted by SIGINT, and one killed by SIGKILL, converge on the next run', async () => {
@@ -400,8 +403,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     expect(await stateValid(lab.ctl.state)).toBe(true);
     const afterInt = await lab.labCtl('apply');
     expect(show(afterInt)).toMatchObject({ code: 0 });
-    const t1 = await lab.traffic();
-    expect({ ok: t1.replies >= 2 && t1.bytes === 20000, detail: t1.detail }).toEqual({ ok: true, detail: t1.detail });
+    await expectTrafficFlows(lab);
 
     // a rebooted exit gives the next apply work on three nodes (its SAs get new keys)
     const reboot = await onionctl(['lab', 'reboot', topo, 'or3']);
@@ -413,8 +415,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const afterKill = await lab.labCtl('apply');
     expect(show(afterKill)).toMatchObject({ code: 0 });
     expect(afterKill.stderr).toMatch(/stale lock/);
-    const t2 = await lab.traffic();
-    expect({ ok: t2.replies >= 2 && t2.bytes === 20000, detail: t2.detail }).toEqual({ ok: true, detail: t2.detail });
+    await expectTrafficFlows(lab);
     remember(await viewAll(lab));
   }, STEP);
 
@@ -453,8 +454,7 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const newKeys = or2After.flatMap((s) => s.keys);
     expect(newKeys.filter((k) => keysSeen.has(k) || or2Keys.includes(k))).toEqual([]); // and none with a key used before
     remember(post);
-    const t = await lab.traffic();
-    expect({ ok: t.replies >= 2 && t.bytes === 20000, detail: t.detail }).toEqual({ ok: true, detail: t.detail });
+    await expectTrafficFlows(lab);
   }, STEP);
 
   test('h: status --json: each circuit\'s path, per-SA counters that grew with traffic, health ok', async () => {
