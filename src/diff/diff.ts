@@ -183,6 +183,10 @@ function diffStates(desired: XfrmState[], observed: ObservedState[], keys: KeySo
     field(f, 'mark', o.mark ?? '-', '-');
     field(f, 'flags', o.flags.filter((x) => x !== 'esn').join(',') || '-', '-');
     field(f, 'other attributes', o.other.join(',') || '-', '-');
+    field(f, 'dir', o.saDir ?? '-', '-');
+    field(f, 'pcpu-num', opt(o.pcpuNum), '-');
+    field(f, 'extra flags', o.extraFlags.join(',') || '-', '-');
+    // lastused, counters and times are state, not configuration: never compared
     let keyMismatch = false;
     if (keys && o.profile === d.profile) {
       const want = plannedFingerprint(d, keys);
@@ -211,6 +215,7 @@ function diffPolicies(desired: XfrmPolicy[], observed: ObservedPolicy[]): Change
     field(f, 'tmpls', o.tmpls.map(tmplText).join(', ') || '-', d.tmpls.map((t) => tmplText({ ...t, proto: 'esp', mode: 'tunnel', level: 'required' })).join(', ') || '-');
     field(f, 'mark', o.mark ?? '-', '-');
     field(f, 'if_id', o.ifId ?? '-', '-');
+    field(f, 'other attributes', o.other.join(',') || '-', '-');
     if (f.length > 0) out.push({ op: 'replace', kind: 'policy', key, desired: d, observed: o, fields: f });
   }
   return out;

@@ -44,6 +44,12 @@ export interface ObservedState {
   /** false when the selector is not the wildcard onionctl installs */
   selectorIsWildcard: boolean;
   other: string[];
+  /** SA direction (iproute2 6.11+), per-CPU number (6.19+), extra flags: onionctl sets none */
+  saDir?: string;
+  pcpuNum?: number;
+  extraFlags: string[];
+  /** when the SA last carried a packet (newer kernels print it): state, never compared */
+  lastUsed?: string;
   seq?: number;
   oseq?: number;
   /** soft/hard limits the kernel enforces; undefined when not read (`ip xfrm state` without -s) */
@@ -78,6 +84,8 @@ export interface ObservedPolicy {
   mark?: string;
   ifId?: string;
   index?: number;
+  /** security context, offload: configuration onionctl never sets */
+  other: string[];
 }
 
 export interface ObservedRoute {
@@ -229,6 +237,10 @@ function toState(r: XfrmStateRecord): ObservedState | undefined {
     ...(r.mark !== undefined ? { mark: r.mark } : {}),
     selectorIsWildcard: wild,
     other: r.other,
+    ...(r.saDir !== undefined ? { saDir: r.saDir } : {}),
+    ...(r.pcpuNum !== undefined ? { pcpuNum: r.pcpuNum } : {}),
+    extraFlags: r.extraFlags,
+    ...(r.lastUsed !== undefined ? { lastUsed: r.lastUsed } : {}),
     ...(r.seq !== undefined ? { seq: r.seq } : {}),
     ...(r.oseq !== undefined ? { oseq: r.oseq } : {}),
     ...(r.lifetime ? { lifetime: r.lifetime } : {}),
@@ -263,6 +275,7 @@ function toPolicy(r: XfrmPolicyRecord): ObservedPolicy | undefined {
     tmpls,
     ...(r.mark !== undefined ? { mark: r.mark } : {}),
     ...(r.ifId !== undefined ? { ifId: r.ifId } : {}),
+    other: r.other,
     ...(r.index !== undefined ? { index: r.index } : {}),
   };
 }

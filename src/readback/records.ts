@@ -90,6 +90,17 @@ export interface XfrmStateRecord {
   oseq?: number;
   /** names of other lines seen (encap, if_id, offload, ...), never their values */
   other: string[];
+  /** the SA direction (iproute2 6.11+ with Linux 6.10+: "dir in|out"); absent when it has none */
+  saDir?: string;
+  /** per-CPU SA (iproute2 6.19+: "pcpu-num N") */
+  pcpuNum?: number;
+  /** extra flags (`ip -s`: "extra_flag dont-encap-dscp ..."), which onionctl sets none of */
+  extraFlags: string[];
+  /**
+   * the last time the SA carried a packet ("lastused", the router's local time), which newer
+   * kernels report for every SA that was used: state, like the counters, never configuration
+   */
+  lastUsed?: string;
   counters?: XfrmStateCounters;
 }
 
@@ -123,6 +134,8 @@ export interface XfrmPolicyRecord {
   tmpls: XfrmTmplRecord[];
   /** `socket` policies (per-socket, not in the SPD proper) */
   socket: boolean;
+  /** names of lines that carry configuration onionctl never sets (security context, offload) */
+  other: string[];
 }
 
 // ------------------------------------------------------------------------------------------

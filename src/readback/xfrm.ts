@@ -56,6 +56,11 @@ function blocks(text: string): Block[] {
 // states
 
 const ALGO_KINDS = new Set(['aead', 'enc', 'auth', 'auth-trunc', 'comp']);
+/**
+ * Lines of `ip xfrm state` that carry configuration onionctl never sets (iproute2 ip/ipxfrm.c,
+ * up to 7.1): encapsulation, care-of address, interface id, output mark, security context.
+ */
+const FOREIGN_STATE_ITEMS = new Set(['encap', 'coa', 'if_id', 'output-mark', 'security']);
 
 interface KeyPart {
   kind: XfrmAlgo['kind'];
@@ -103,6 +108,7 @@ function parseStateBlock(b: Block): XfrmStateRecord {
     flags: [],
     algos: [],
     other: [],
+    extraFlags: [],
   };
   const keys: KeyPart[] = [];
   let section: 'none' | 'esn' | 'lifetime-config' | 'lifetime-current' | 'stats' = 'none';
@@ -178,8 +184,22 @@ function parseStateBlock(b: Block): XfrmStateRecord {
         sawProto = true;
       } else if (first === 'replay-window') {
         if (!rec.esn) rec.replayWindow = num(t[1], 'replay-window', no);
-        const f = t.indexOf('flag');
-        if (f >= 0) for (const x of t.slice(f + 1)) if (!x.startsWith('(') && x !== '') rec.flags.push(x);
+        // replay-window N [seq 0x..] [flag F...] [extra_flag X...] [(0xMASK)]
+        let into: string[] | undefined;
+        for (const x of t.slice(2)) {
+          if (x === 'flag') into = rec.flags;
+          else if (x === 'extra_flag') into = rec.extraFlags;
+          else if (x.startsWith('(') || x === '' || x === 'seq') into = x === 'seq' ? undefined : into;
+          else into?.push(x);
+        }
+      } else if (first === 'dir') {
+        // iproute2 6.11+: "dir in", "dir out", "dir other (N)"
+        rec.saDir = t.slice(1).join(' ');
+      } else if (first === 'pcpu-num') {
+        rec.pcpuNum = num(t[1], 'pcpu-num', no);
+      } else if (first === 'lastused') {
+        // a time, "-", or iproute2's "invalid-time" for one localtime() cannot convert
+        rec.lastUsed = t.slice(1).join(' ');
       } else if (first === 'mark') {
         rec.mark = t[1];
       } else if (ALGO_KINDS.has(first)) {
@@ -221,10 +241,18 @@ function parseStateBlock(b: Block): XfrmStateRecord {
         if (n > 0) rec.tfcpad = n;
       } else if (first === 'crypto') {
         if (!rec.other.includes('offload')) rec.other.push('offload');
-      } else if (/^[a-z][a-z_-]*:?$/i.test(first)) {
-        // encap, if_id, output-mark, security context, ...: name only (a value could be secret)
-        const name = first.replace(/:$/, '');
-        if (!rec.other.includes(name)) rec.other.push(name);
+      } else if (FOREIGN_STATE_ITEMS.has(first)) {
+        // configuration onionctl never sets: name only (a value could be secret); the diff
+        // reports it on onionctl's SAs
+        if (!rec.other.includes(first)) rec.other.push(first);
+      } else {
+        // a line this parser does not know could be configuration or state: refuse to guess,
+        // rather than compare (and rekey) on it or silently drop it
+        throw new ReadbackError(
+          `unknown line in state ${rec.src} -> ${rec.dst}: ${JSON.stringify(t.slice(0, 3).map(safeWord).join(' '))} ` +
+            '(this iproute2 prints something onionctl does not know yet; see docs/kernels.md)',
+          no,
+        );
       }
     }
     if (!sawProto) throw new ReadbackError(`state ${rec.src} -> ${rec.dst} has no "proto ... spi ..." line`, b.headerLine);
@@ -305,6 +333,7 @@ function parsePolicyBlock(b: Block): XfrmPolicyRecord {
     flags: [],
     tmpls: [],
     socket: false,
+    other: [],
   };
   for (let i = 4; i + 1 < ht.length; i += 2) {
     if (ht[i] === 'proto') rec.proto = ht[i + 1]!;
@@ -350,6 +379,16 @@ function parsePolicyBlock(b: Block): XfrmPolicyRecord {
       tmpl.level = t[1] === 'use' ? 'use' : 'required';
     } else if (section === 'tmpl' && first === 'enc-mask') {
       continue;
+    } else if (first === 'security' || first === 'crypto') {
+      // "security context ...", "crypto offload parameters: ...": name only, as for states
+      const name = first === 'crypto' ? 'offload' : first;
+      if (!rec.other.includes(name)) rec.other.push(name);
+    } else {
+      throw new ReadbackError(
+        `unknown line in policy ${rec.src} -> ${rec.dst}: ${JSON.stringify(t.slice(0, 3).map(safeWord).join(' '))} ` +
+          '(this iproute2 prints something onionctl does not know yet; see docs/kernels.md)',
+        no,
+      );
     }
   }
   if (rec.dir === '') throw new ReadbackError(`policy ${rec.src} -> ${rec.dst} has no "dir" line`, b.headerLine);

@@ -75,6 +75,7 @@ function observedState(d: XfrmState, k: KeySource): ObservedState {
     flags: d.esn ? ['esn'] : [],
     selectorIsWildcard: true,
     other: [],
+    extraFlags: [],
     lifetime: d.lifetime,
     ...(d.tfcpad !== undefined ? { tfcpad: d.tfcpad } : {}),
   };
