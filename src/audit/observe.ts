@@ -341,6 +341,18 @@ export function observe(net: Net, state: State, configs: Map<string, NodeConfig>
         }
       };
 
+      const checkNested = (node: string, l: Layer, secpath: XfrmTmpl[], verified: number): number => {
+        const pol = lookup(node, 'in', l);
+        const why = 'kernels with xfrm_interface loaded (Linux 6.4+, 6.1.36+, 5.10.186+) drop it';
+        if (!pol) fail(node, `no "in" policy matches ${fmt(l)}, an ESP packet that came through ${secpath.length} ESP layer(s); ${why} (XfrmInNoPols)`);
+        if (pol!.action === 'block') fail(node, `"in" policy blocks ${fmt(l)} (${pol!.comment})`);
+        const k = kernelTemplatesMatch(pol!.tmpls, secpath, verified);
+        if (k === undefined) {
+          fail(node, `"in" policy (${pol!.comment}) does not match the ${secpath.length} layer(s) ${fmt(l)} came through; ${why} (XfrmInTmplMismatch)`);
+        }
+        return k!;
+      };
+
       const nextHop = (node: string, dst: number): string => {
         const direct = underlayOwner.get(dst);
         if (direct !== undefined && direct !== node) return direct;
@@ -424,8 +436,12 @@ export function observe(net: Net, state: State, configs: Map<string, NodeConfig>
 
       const receive = (node: string, p: Packet): void => {
         const secpath: XfrmTmpl[] = [];
+        let verified = 0;
         while (p[0]!.esp && isLocal(node, p[0]!.dst)) {
           const l = p[0]!;
+          // xfrm_interface's ESP handler (Linux 6.4+, 6.1.36+, 5.10.186+): an ESP packet that
+          // already carries a secpath is checked against "in" policies before it is decrypted
+          if (secpath.length > 0) verified = checkNested(node, l, secpath, verified);
           const st = cfg(node).states.find((s) => s.dst === l.dst && s.spi === l.esp!.spi);
           if (!st) fail(node, `has no SA to decrypt ${fmt(l)} (XfrmInNoStates)`);
           if (st!.src !== l.src) fail(node, `SA spi 0x${l.esp!.spi.toString(16)} is from ${formatIPv4(st!.src)}, the packet from ${book.label(l.src)}`);
@@ -576,4 +592,31 @@ export function formatLearned(routers: Record<string, readonly LearnedRow[]>, op
     );
   }
   return out.join('\n') + (out.length ? '\n' : '');
+}
+
+/**
+ * The kernel's inbound template check (net/xfrm/xfrm_policy.c: the loop over xfrm_policy_ok() in
+ * __xfrm_policy_check(), then secpath_has_nontransport()), for tunnel-mode SAs only, which is all
+ * onionctl installs. Templates are listed innermost first, the secpath outermost first; entries
+ * below `verified` were matched by an earlier check and may be skipped (commit 1f8b6df6a997,
+ * `verified_cnt`). Returns the new verified count, or undefined where the kernel rejects.
+ */
+export function kernelTemplatesMatch(tmpls: readonly XfrmTmpl[], secpath: readonly XfrmTmpl[], verified: number): number | undefined {
+  const same = (t: XfrmTmpl, s: XfrmTmpl) => t.src === s.src && t.dst === s.dst && t.reqid === s.reqid;
+  let k = 0;
+  for (let i = tmpls.length - 1; i >= 0; i--) {
+    let next = -1;
+    for (let idx = k; idx < secpath.length; idx++) {
+      if (same(tmpls[i]!, secpath[idx]!)) {
+        next = idx + 1;
+        break;
+      }
+      // a tunnel-mode entry that does not match stops the search, unless it was verified before
+      if (idx >= verified) break;
+    }
+    if (next < 0) return undefined;
+    k = next;
+  }
+  // every tunnel-mode entry from k on must have been matched
+  return k < secpath.length ? undefined : k;
 }

@@ -112,6 +112,11 @@ export interface NodeConfig {
 
 /** Policy priorities: onionctl's policies sit in a reserved band so it can tell them apart. */
 export const PRIORITY_CIRCUIT = 0x4f01;
+/**
+ * The `dir in` policies for intermediate packets of nested ESP (docs/kernels.md): ahead of the
+ * circuit policies, so that a circuit whose destinations cover a mix's address cannot shadow them.
+ */
+export const PRIORITY_NESTED = 0x4f00;
 /** lower precedence than the circuit policies (larger number) */
 export const PRIORITY_BLOCK = 0x4f0f;
 export const PRIORITY_BAND = [0x4f00, 0x4f0f] as const;

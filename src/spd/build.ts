@@ -13,6 +13,11 @@
  *  - outbound templates are `level required` (the kernel refuses optional ones there), and a
  *    lower-precedence block policy per destination makes a circuit fail closed;
  *  - every SA is installed on both of its ends with the same SPI and key;
+ *  - kernels with xfrm_interface loaded (Linux 6.4+, and 6.1.36+ / 5.10.186+ by backport) also
+ *    check every ESP packet that arrives already carrying a secpath against `dir in` policies
+ *    (xfrmi_input -> __xfrm_policy_check), and drop it when none matches: so every intermediate
+ *    packet gets one, listing the layers removed so far (docs/kernels.md). Kernels without the
+ *    check never consult them;
  *  - every SA carries soft and hard lifetimes, a replay window and (overlay links) ESN, from
  *    keys/lifetimes.ts; circuits may ask for TFC padding on chosen layers.
  */
@@ -22,6 +27,7 @@ import { PROFILES, mssFor, nestedMtu } from '../keys/profiles.js';
 import {
   PRIORITY_BLOCK,
   PRIORITY_CIRCUIT,
+  PRIORITY_NESTED,
   type NodeConfig,
   type XfrmPolicy,
   type XfrmState,
@@ -178,6 +184,15 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       });
     }
 
+    // intermediate packets of the reply (xfrm_interface's check): before the client removes hop
+    // j's reverse layer, the packet is ESP from OR_j to A_cj and carries the layers removed so
+    // far, listed innermost first like the final policy
+    for (let j = 0; j < k; j++) {
+      const removed = [...tr.slice(0, j)].reverse().map(tmpl).concat(tmpl(overlay(entry, client.name)));
+      cc.policies.push(
+        policy(hostCidr(addrOf(c.hops[j]!)), hostCidr(A[j]!), 'in', PRIORITY_NESTED, removed, `circuit ${def.name}: nested reply layer ${j + 1} (xfrm_interface check)`, 'allow', 'esp'),
+      );
+    }
     // ---- mixes and exit
     for (let i = 0; i < k; i++) {
       const me = c.hops[i]!;
@@ -208,6 +223,11 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
         rc.firewall.snat.push(...fw.snat);
         rc.firewall.forward.push(...fw.forward);
       }
+      // intermediate packet (xfrm_interface's check): the overlay layer is off, and what is left
+      // is ESP from A_ci to this mix, carrying the overlay SA it arrived on
+      rc.policies.push(
+        policy(hostCidr(A[i]!), hostCidr(addrOf(me)), 'in', PRIORITY_NESTED, [tmpl(overlay(prev, me))], `circuit ${def.name} hop ${i + 1}: nested layer from ${prev} (xfrm_interface check)`, 'allow', 'esp'),
+      );
     }
   }
 

@@ -12,7 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { adversaryReport, drawCompromised, routerOperators } from '../../src/audit/adversary.js';
 import { auditState, type AuditResult } from '../../src/audit/audit.js';
-import { compareObservations, formatObservations, observe, type ObservedRow } from '../../src/audit/observe.js';
+import { compareObservations, formatObservations, kernelTemplatesMatch, observe, type ObservedRow } from '../../src/audit/observe.js';
+import { PRIORITY_NESTED, type XfrmTmpl } from '../../src/model/config.js';
 import { runAudit } from '../../src/cli/audit-command.js';
 import { SeededRng, rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan, type Plan } from '../../src/plan/plan.js';
@@ -272,6 +273,47 @@ describe('configurations broken on purpose are caught by the walk', () => {
     const inv = (n: string) => a.invariants.find((i) => i.name === n)!.violations;
     expect(inv('esp-only')[0]!.message).toContain('carry 1 ESP layer(s), 4 expected');
     expect(inv('delivery')[0]!.message).toMatch(/at or1: .*XfrmInNoPols|at or1: .*XfrmInTmplMismatch/);
+  });
+
+  test('the plan of the old planner (no nested in policies): the entry mix drops it on kernels with xfrm_interface', () => {
+    const plan = planOf(net);
+    for (const c of plan.configs.values()) c.policies = c.policies.filter((p) => p.priority !== PRIORITY_NESTED);
+    const a = auditState(net, plan.state, plan.configs);
+    expect(a.ok).toBe(false);
+    const v = a.invariants.find((i) => i.name === 'delivery')!.violations;
+    expect(v[0]!.message).toMatch(/\(forward, .*at or1: no "in" policy matches .* an ESP packet that came through 1 ESP layer\(s\); kernels with xfrm_interface loaded .* \(XfrmInNoPols\)/);
+  });
+
+  test('only the client nested in policies missing: the reply dies at the client', () => {
+    const plan = planOf(net);
+    const alice = plan.configs.get('alice')!;
+    alice.policies = alice.policies.filter((p) => p.priority !== PRIORITY_NESTED);
+    const v = auditState(net, plan.state, plan.configs).invariants.find((i) => i.name === 'delivery')!.violations;
+    expect(v.map((x) => x.message)).toEqual([expect.stringMatching(/\(reverse, .*at alice: no "in" policy matches .*(XfrmInNoPols)/)]);
+  });
+
+  test('a nested in policy with the wrong template: XfrmInTmplMismatch', () => {
+    const plan = planOf(net);
+    const or2 = plan.configs.get('or2')!;
+    const nested = or2.policies.find((p) => p.priority === PRIORITY_NESTED)!;
+    nested.tmpls = [{ ...nested.tmpls[0]!, reqid: nested.tmpls[0]!.reqid + 1 }];
+    const v = auditState(net, plan.state, plan.configs).invariants.find((i) => i.name === 'delivery')!.violations;
+    expect(v[0]!.message).toMatch(/at or2: "in" policy .* does not match the 1 layer\(s\) .*XfrmInTmplMismatch/);
+  });
+
+  test("kernelTemplatesMatch follows __xfrm_policy_check: order, verified_cnt, every tunnel entry matched", () => {
+    const T = (n: number): XfrmTmpl => ({ src: n, dst: n + 100, reqid: n });
+    const ov = T(1), t1 = T(2), t2 = T(3);
+    // templates innermost first, secpath outermost first
+    expect(kernelTemplatesMatch([ov], [ov], 0)).toBe(1);
+    expect(kernelTemplatesMatch([t1, ov], [ov, t1], 0)).toBe(2);
+    expect(kernelTemplatesMatch([ov, t1], [ov, t1], 0)).toBeUndefined(); // wrong order
+    // an entry left unmatched is a reject (secpath_has_nontransport), unless verified before
+    expect(kernelTemplatesMatch([t1], [ov, t1], 0)).toBeUndefined();
+    expect(kernelTemplatesMatch([t1], [ov, t1], 1)).toBe(2);
+    expect(kernelTemplatesMatch([t2, t1, ov], [ov, t1, t2], 2)).toBe(3);
+    expect(kernelTemplatesMatch([ov], [ov, t1], 0)).toBeUndefined(); // t1 not covered
+    expect(kernelTemplatesMatch([], [], 0)).toBe(0);
   });
 
   test('observe() reports a missing SA at the receiver', () => {

@@ -173,6 +173,11 @@ describe('golden files agree with XFRM-FACTS "One working circuit"', () => {
       [
         `out ${c3}/32 ${B}: ${c3}>${OR3}, ${c2}>${OR2}, ${c1}>${OR1}, ${A}>${OR1}`,
         `in ${B} ${c3}/32: ${OR3}>${c3}, ${OR2}>${c2}, ${OR1}>${c1}, ${OR1}>${A}`,
+        // XFRM-FACTS "Newer kernels": one in policy per reverse layer, for the ESP packet from
+        // OR_i to A_ci; onionctl lists every layer removed so far (docs/kernels.md says why)
+        `in ${OR1}/32 ${c1}/32 proto esp: ${OR1}>${A}`,
+        `in ${OR2}/32 ${c2}/32 proto esp: ${OR1}>${c1}, ${OR1}>${A}`,
+        `in ${OR3}/32 ${c3}/32 proto esp: ${OR2}>${c2}, ${OR1}>${c1}, ${OR1}>${A}`,
       ].sort(),
     );
     const all = policies('alice');
@@ -197,6 +202,8 @@ describe('golden files agree with XFRM-FACTS "One working circuit"', () => {
         `out ${c2}/32 ${OR2}/32 proto esp: ${OR1}>${OR2}`,
         `fwd ${OR2}/32 ${c2}/32 proto esp: ${OR2}>${OR1}`,
         `out ${OR2}/32 ${c2}/32 proto esp: ${OR1}>${c1}, ${OR1}>${A}`,
+        // XFRM-FACTS "Newer kernels": the telescope packet inside the overlay, with the overlay SA
+        `in ${c1}/32 ${OR1}/32 proto esp: ${A}>${OR1}`,
       ].sort(),
     );
     expect(routes('or1')).toEqual([`${c1}/32 via ${A}`, `${c2}/32 via ${A}`]);
@@ -209,6 +216,7 @@ describe('golden files agree with XFRM-FACTS "One working circuit"', () => {
         `out ${c3}/32 ${OR3}/32 proto esp: ${OR2}>${OR3}`,
         `fwd ${OR3}/32 ${c3}/32 proto esp: ${OR3}>${OR2}`,
         `out ${OR3}/32 ${c3}/32 proto esp: ${OR2}>${c2}, ${OR2}>${OR1}`,
+        `in ${c2}/32 ${OR2}/32 proto esp: ${OR1}>${OR2}`,
       ].sort(),
     );
     expect(routes('or2')).toEqual([`${c2}/32 via ${OR1}`, `${c3}/32 via ${OR1}`]);
@@ -216,7 +224,11 @@ describe('golden files agree with XFRM-FACTS "One working circuit"', () => {
 
   test('OR3 (exit): fwd with t3 + ov23, out with t3r + ov32 (for B rather than any), route to A_c3 via OR2, SNAT of A_c3', () => {
     expect(allowPolicies('or3')).toEqual(
-      [`fwd ${c3}/32 ${B}: ${c3}>${OR3}, ${OR2}>${OR3}`, `out ${B} ${c3}/32: ${OR3}>${c3}, ${OR3}>${OR2}`].sort(),
+      [
+        `fwd ${c3}/32 ${B}: ${c3}>${OR3}, ${OR2}>${OR3}`,
+        `out ${B} ${c3}/32: ${OR3}>${c3}, ${OR3}>${OR2}`,
+        `in ${c3}/32 ${OR3}/32 proto esp: ${OR2}>${OR3}`,
+      ].sort(),
     );
     expect(routes('or3')).toEqual([`${c3}/32 via ${OR2}`]);
     expect(lines('or3', 'iptables').filter((l) => / -j SNAT /.test(l))).toEqual([

@@ -269,6 +269,16 @@ describe('ip xfrm policy', () => {
       'in 203.0.113.80/32 100.64.3.1/32 allow 20225',
       'out 100.64.3.1/32 203.0.113.80/32 allow 20225',
       'out 0.0.0.0/0 203.0.113.80/32 block 20239',
+      // the nested reply layers (see the fixtures' README), ahead of the circuit's in policy
+      'in 198.51.100.13/32 100.64.3.1/32 allow 20224',
+      'in 198.51.100.12/32 100.64.2.1/32 allow 20224',
+      'in 198.51.100.11/32 100.64.1.1/32 allow 20224',
+    ]);
+    expect(p.slice(3).map((x) => x.proto)).toEqual(['esp', 'esp', 'esp']);
+    expect(p[3]!.tmpls.map((t) => `${t.src}>${t.dst} ${t.reqid.toString(16)}`)).toEqual([
+      '198.51.100.12>100.64.2.1 4f00000a',
+      '198.51.100.11>100.64.1.1 4f000009',
+      '198.51.100.11>198.51.100.10 4f000005',
     ]);
     expect(p[1]!.tmpls.map((t) => `${t.src}>${t.dst} ${t.proto} ${t.reqid.toString(16)} ${t.mode} ${t.level}`)).toEqual([
       '100.64.3.1>198.51.100.13 esp 4f000008 tunnel required',

@@ -7,7 +7,7 @@ import { describe, expect, test } from '@jest/globals';
 import { readFileSync } from 'node:fs';
 import { KdfKeySource } from '../../src/keys/kdf.js';
 import { PROFILES, innerMtu, mssFor, nestedMtu, type CryptoProfile } from '../../src/keys/profiles.js';
-import { PRIORITY_BLOCK, PRIORITY_CIRCUIT, REPLAY_WINDOW, type NodeConfig, type XfrmPolicy, type XfrmTmpl } from '../../src/model/config.js';
+import { PRIORITY_BLOCK, PRIORITY_CIRCUIT, PRIORITY_NESTED, REPLAY_WINDOW, type NodeConfig, type XfrmPolicy, type XfrmTmpl } from '../../src/model/config.js';
 import { REPLAY_WINDOW_OVERLAY, saOptions } from '../../src/keys/lifetimes.js';
 import { formatCidr, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../../src/net/addr.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
@@ -114,6 +114,30 @@ function checkPlan(net: Net, p: Plan): void {
       expect(routes[0]).toMatchObject({ via: addr(entry), dev: net.clients.get(client)!.underlay.name, src: A[k - 1], mtu, advmss: mtu - 40 });
       bump(expectedPolicies, client, 3);
       bump(expectedRoutes, client, 1);
+    }
+    // nested reply layers (kernels with xfrm_interface check each ESP packet that already carries
+    // a secpath, docs/kernels.md): before removing hop j's reverse layer, ESP from OR_j to A_cj
+    // that came through the overlay and the reverse layers of hops 1..j-1
+    for (let j = 1; j <= k; j++) {
+      const nested = find(client, host(addr(hop(j))), host(A[j - 1]!), 'in');
+      expect(nested.proto).toBe('esp');
+      expect(nested.priority).toBe(PRIORITY_NESTED);
+      expect(nested.priority).toBeLessThan(PRIORITY_CIRCUIT); // ahead of the circuit's own in policy
+      const want: XfrmTmpl[] = [];
+      for (let i = j - 1; i >= 1; i--) want.push(tr(i));
+      want.push(ov(entry, client));
+      expectTmpls(nested, want);
+    }
+    bump(expectedPolicies, client, k);
+    // at every hop (mixes and exit): ESP from A_ci to OR_i that came through the overlay from prev
+    for (let i = 1; i <= k; i++) {
+      const me = hop(i);
+      const prev = i === 1 ? client : hop(i - 1);
+      const nested = find(me, host(A[i - 1]!), host(addr(me)), 'in');
+      expect(nested.proto).toBe('esp');
+      expect(nested.priority).toBe(PRIORITY_NESTED);
+      expectTmpls(nested, [ov(prev, me)]);
+      bump(expectedPolicies, me, 1);
     }
     expect(cc.addresses.filter((a) => a.comment.startsWith(`circuit ${def.name}:`)).map((a) => [ip(a.addr), a.dev])).toEqual(
       c.addrs.map((a) => [a, 'lo']),
@@ -232,7 +256,23 @@ describe('SPD on examples/three-mixes.yaml', () => {
     expect(c.hops).toEqual(['or1', 'or2', 'or3']);
     expect(c.addrs).toEqual(['100.64.1.1', '100.64.2.1', '100.64.3.1']);
     const alice = p.configs.get('alice')!;
-    expect(alice.policies.map(sel)).toEqual(['0.0.0.0/0 203.0.113.80/32 out', '100.64.3.1/32 203.0.113.80/32 out', '203.0.113.80/32 100.64.3.1/32 in']);
+    expect(alice.policies.map(sel)).toEqual([
+      '0.0.0.0/0 203.0.113.80/32 out',
+      '100.64.3.1/32 203.0.113.80/32 out',
+      '203.0.113.80/32 100.64.3.1/32 in',
+      // the nested reply layers: ESP from each mix to its A_ci
+      '198.51.100.11/32 100.64.1.1/32 esp in',
+      '198.51.100.12/32 100.64.2.1/32 esp in',
+      '198.51.100.13/32 100.64.3.1/32 esp in',
+    ]);
+    expect(alice.policies.slice(3).map((x) => x.tmpls.map((y) => `${ip(y.src)}>${ip(y.dst)}`))).toEqual([
+      ['198.51.100.11>198.51.100.10'],
+      ['198.51.100.11>100.64.1.1', '198.51.100.11>198.51.100.10'],
+      ['198.51.100.12>100.64.2.1', '198.51.100.11>100.64.1.1', '198.51.100.11>198.51.100.10'],
+    ]);
+    expect(p.configs.get('or2')!.policies.filter((x) => x.priority === PRIORITY_NESTED).map((x) => [sel(x), x.tmpls.map((y) => `${ip(y.src)}>${ip(y.dst)}`)])).toEqual([
+      ['100.64.2.1/32 198.51.100.12/32 esp in', ['198.51.100.11>198.51.100.12']],
+    ]);
     expect(alice.policies[1]!.tmpls.map((x) => `${ip(x.src)}>${ip(x.dst)}`)).toEqual([
       '100.64.3.1>198.51.100.13',
       '100.64.2.1>198.51.100.12',
@@ -289,15 +329,16 @@ describe('SPD with k=2 (two destinations)', () => {
     const alice = p.configs.get('alice')!;
     expect(alice.policies.filter((x) => x.dir === 'out' && x.action === 'allow')).toHaveLength(2);
     expect(alice.policies.filter((x) => x.dir === 'out' && x.action === 'block')).toHaveLength(2);
-    expect(alice.policies.filter((x) => x.dir === 'in')).toHaveLength(2);
-    for (const x of alice.policies.filter((y) => y.action === 'allow')) expect(x.tmpls).toHaveLength(3);
+    expect(alice.policies.filter((x) => x.dir === 'in' && x.priority === PRIORITY_CIRCUIT)).toHaveLength(2);
+    expect(alice.policies.filter((x) => x.dir === 'in' && x.priority === PRIORITY_NESTED)).toHaveLength(2); // one per hop
+    for (const x of alice.policies.filter((y) => y.action === 'allow' && y.priority === PRIORITY_CIRCUIT)) expect(x.tmpls).toHaveLength(3);
     expect(alice.routes.map((r) => [r.mtu, r.advmss])).toEqual([
       [1334, 1294],
       [1334, 1294],
     ]);
-    // or1 is a mix (4 policies), or2 the exit (2 per destination)
-    expect(p.configs.get('or1')!.policies).toHaveLength(4);
-    expect(p.configs.get('or2')!.policies).toHaveLength(4);
+    // or1 is a mix (4 policies), or2 the exit (2 per destination); each one nested in policy
+    expect(p.configs.get('or1')!.policies).toHaveLength(5);
+    expect(p.configs.get('or2')!.policies).toHaveLength(5);
   });
   test('the exit splits each destination by the allow rules that overlap it', () => {
     const accepts = p.configs.get('or2')!.firewall.forward.filter((r) => r.action === 'accept' && !r.established);
@@ -320,7 +361,7 @@ describe('SPD with k=4 (two clients, shared routers, an nftables exit)', () => {
     const p = plan(net);
     expect(new Set(p.configs.get('alice')!.routes.map((r) => r.mtu))).toEqual(new Set([1222]));
     expect(p.configs.get('bob')!.routes.map((r) => [r.mtu, r.advmss])).toEqual([[1122, 1082]]);
-    for (const x of p.configs.get('alice')!.policies.filter((y) => y.action === 'allow')) expect(x.tmpls).toHaveLength(5);
+    for (const x of p.configs.get('alice')!.policies.filter((y) => y.action === 'allow' && y.priority === PRIORITY_CIRCUIT)) expect(x.tmpls).toHaveLength(5);
   });
 });
 

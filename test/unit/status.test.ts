@@ -452,12 +452,18 @@ describe('problems', () => {
   test('a missing policy is down; a missing fail-closed block policy is a warning', async () => {
     const drop = (pred: (blockText: string) => boolean) => (node: string, f: RouterFiles): RouterFiles =>
       node === 'alice' ? { ...f, files: { ...f.files, 'ip-xfrm-policy': f.files['ip-xfrm-policy']!.split(/\n(?=src )/).filter((b) => !pred(b)).join('\n').replace(/\n*$/, '\n') } } : f;
-    const r1 = statusOf(await readingsOf(drop((b) => /dir in /.test(b))));
+    const r1 = statusOf(await readingsOf(drop((b) => /dir in priority 20225 /.test(b))));
     expect(r1.circuits[0]!.verdict).toBe('down');
     expect(r1.circuits[0]!.findings.map((f) => f.code)).toEqual(['policy-missing']);
     const r2 = statusOf(await readingsOf(drop((b) => /action block/.test(b))));
     expect(r2.circuits[0]!.verdict).toBe('degraded');
     expect(r2.circuits[0]!.findings.map((f) => f.code)).toEqual(['block-policy-missing']);
+    // a missing nested in policy: replies die on kernels with xfrm_interface, so the circuit is down
+    const r3 = statusOf(await readingsOf(drop((b) => /dir in priority 20224 /.test(b) && /^src 198\.51\.100\.12\/32 /.test(b))));
+    expect(r3.circuits[0]!.verdict).toBe('down');
+    expect(r3.circuits[0]!.findings.map((f) => [f.code, f.message])).toEqual([
+      ['policy-missing', 'circuit web: policy in 198.51.100.12/32 -> 100.64.2.1/32 proto esp is missing on alice'],
+    ]);
   });
 });
 
