@@ -42,6 +42,35 @@ export interface LabOpts {
   node?: string;
   /** up: false (--no-apply) leaves the nodes unconfigured */
   apply?: boolean;
+  /** up/demo: the UML kernel to boot (a path, or "6.12" for the one scripts/uml-kernel.sh built) */
+  kernel?: string;
+  /** up/demo: load xfrm_interface in the lab kernel, as route-based VPNs do on real routers */
+  xfrmInterface?: boolean;
+}
+
+/** Where scripts/uml-kernel.sh leaves the kernel it built (its cache, see that script). */
+export const KERNEL_CACHE = process.env.ONIONCTL_KERNEL_CACHE ?? '/var/cache/onionctl/uml';
+
+/** `--kernel 6.12` names the kernel scripts/uml-kernel.sh built; anything else is a path. */
+export function resolveKernelOption(k: string | undefined): string | undefined {
+  if (k === undefined) return undefined;
+  if (k === '6.12') {
+    const p = path.join(KERNEL_CACHE, '6.12', 'linux.uml');
+    if (!existsSync(p)) throw new UserError(`no 6.12 UML kernel in ${KERNEL_CACHE}; build it once with scripts/uml-kernel.sh (about 20 minutes on 2 cores)`);
+    return p;
+  }
+  if (!existsSync(k)) throw new UserError(`--kernel ${k}: no such file (a UML kernel binary, or "6.12")`);
+  return path.resolve(k);
+}
+
+/** Loads xfrm_interface by creating an xfrm device in the lab's switch namespace; true when loaded. */
+async function loadXfrmInterface(host: LabHost, rec: LabRecord): Promise<boolean> {
+  const dev = 'ocxfrmi0';
+  // the module is global to the kernel: one device anywhere makes its ESP handler see every packet
+  const add = rec.mode === 'uml' ? ['ip', 'link', 'add', dev, 'type', 'xfrm', 'dev', 'lo', 'if_id', '7'] : ['ip', '-n', rec.ctlNs, 'link', 'add', dev, 'type', 'xfrm', 'dev', 'lo', 'if_id', '7'];
+  await host.run(add);
+  const mods = await host.run(['cat', '/proc/modules']);
+  return /^xfrm_interface /m.test(mods.stdout);
 }
 
 const t0 = Number(process.env.ONIONCTL_LAB_T0) || Date.now();
@@ -157,7 +186,9 @@ async function teardown(rec: LabRecord, withInner: boolean): Promise<void> {
   await removePointer(rec.topology);
 }
 
-async function up(topology: string, o: LabOpts): Promise<LabRecord> {
+async function up(topology: string, opts: LabOpts): Promise<LabRecord> {
+  // ONIONCTL_LAB_XFRM_INTERFACE=1 is --xfrm-interface for every lab up (the lab tests' kernel matrix)
+  const o: LabOpts = { ...opts, xfrmInterface: opts.xfrmInterface ?? process.env.ONIONCTL_LAB_XFRM_INTERFACE === '1' };
   const topo = path.resolve(topology);
   const existing = await findRecord(topo);
   if (existing) throw new UserError(`a lab for ${topology} is already up (id ${existing.id}); run: onionctl lab down ${topology}`);
@@ -201,15 +232,31 @@ async function up(topology: string, o: LabOpts): Promise<LabRecord> {
       await sh(['ip', '-n', rec.ctlNs, 'tuntap', 'add', 'dev', rec.tap!, 'mode', 'tap']);
       await sh(['ip', '-n', rec.ctlNs, 'address', 'add', `${formatIPv4(layout.controllerMgmt)}/${layout.mgmtNet.len}`, 'dev', rec.tap!]);
       await sh(['ip', '-n', rec.ctlNs, 'link', 'set', rec.tap!, 'up']);
-      const g = await bootGuest({ dir: rec.guestDir!, netns: rec.ctlNs, extraArgs: [`eth0=tuntap,${rec.tap}`] });
+      const binary = resolveKernelOption(o.kernel);
+      const g = await bootGuest({
+        dir: rec.guestDir!,
+        netns: rec.ctlNs,
+        extraArgs: [`eth0=tuntap,${rec.tap}`],
+        ...(binary ? { umlBinary: binary } : {}),
+        ...(o.xfrmInterface ? { extraModules: ['xfrm_interface'] } : {}),
+      });
       checkInterrupted();
       log(`guest booted (kernel ${g.info.kernel}, ${g.info.modules.length} modules)`);
+      rec.kernel = { ...(binary ?? process.env.ONIONCTL_UML ? { binary: binary ?? process.env.ONIONCTL_UML } : {}), release: g.info.kernel, xfrmInterface: false, nft: false };
       host = new GuestHost(g);
     } else {
+      if (o.kernel) throw new UserError('--kernel picks a User-Mode Linux kernel, but this kernel has ESP and the lab runs on it directly');
       log(`this kernel has ESP: the lab runs in namespaces here (lab ${id})`);
       host = new DirectHost();
+      rec.kernel = { release: (await execa('uname', ['-r'])).stdout.trim(), xfrmInterface: false, nft: false };
+    }
+    if (o.xfrmInterface) {
+      if (!(await loadXfrmInterface(host, rec))) throw new UserError(`--xfrm-interface: the lab kernel ${rec.kernel!.release} has no xfrm_interface module (CONFIG_XFRM_INTERFACE); boot one that has, e.g. --kernel 6.12`);
+      rec.kernel!.xfrmInterface = true;
+      log('xfrm_interface is loaded: every ESP packet that already carries a secpath is checked against dir-in policies');
     }
     const nft = await labHasNft(host);
+    rec.kernel!.nft = nft;
     if (!nft) {
       rec.iptablesRestore = 'iptables-legacy-restore';
       rec.nftReplaced = [...net.routers.values()].filter((r) => r.nat === 'nftables').map((r) => r.name);

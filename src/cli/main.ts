@@ -151,8 +151,10 @@ export function buildProgram(): Command {
       .option('--seed <seed>', 'reproducible path selection', seedArg)
       .option('--json', 'machine-readable report (test)')
       .option('--no-apply', 'up: build the lab but leave the nodes unconfigured (then: onionctl lab ctl TOPOLOGY apply)')
+      .option('--kernel <path>', 'up/demo: the User-Mode Linux kernel to boot, or "6.12" for the one scripts/uml-kernel.sh built (default: $ONIONCTL_UML, else linux.uml)')
+      .option('--xfrm-interface', 'up/demo: load xfrm_interface in the lab kernel (as route-based VPNs do on real routers), which makes newer kernels check nested ESP against dir-in policies')
       .addOption(new Option('--inner', 'internal: the step that runs inside the lab\'s controller namespace').hideHelp())
-      .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean }) => {
+      .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean; kernel?: string; xfrmInterface?: boolean }) => {
         process.exitCode = await (await import('./lab-command.js')).labCommand(sub as LabSub, topology, opts);
       });
   }

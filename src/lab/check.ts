@@ -14,6 +14,7 @@ import { inNs, type LabHost } from './host.js';
 import { applyLab, labStatePath, loadLabNet, type Log } from './run.js';
 import type { LabRecord } from './record.js';
 import { LabError } from './layout.js';
+import { parseXfrmStat } from '../readback/xfrm.js';
 
 export interface CheckResult {
   name: string;
@@ -43,9 +44,41 @@ export interface CircuitReport {
 }
 
 export interface LabTestReport {
+  /** the kernel the lab ran (lab up records it) */
+  kernel?: LabRecord['kernel'];
   circuits: CircuitReport[];
+  /** node-wide checks: /proc/net/xfrm_stat during the traffic checks */
+  nodes: CheckResult[];
+  /** per node, the xfrm_stat error counters that rose during the traffic checks */
+  xfrmStatRises: Record<string, Record<string, number>>;
   failClosed: CheckResult[];
   ok: boolean;
+}
+
+/** Every node's /proc/net/xfrm_stat, read in one script (process starts are dear in UML). */
+export async function readXfrmStats(host: LabHost, rec: LabRecord): Promise<Map<string, Record<string, number>>> {
+  const lines = rec.layout.nodes.map((n) => `echo "== ${n.name}"; nsenter --net=/run/netns/${n.ns} cat /proc/net/xfrm_stat`);
+  const r = await host.run(['sh', '-c', lines.join('\n')], { timeoutMs: 120_000 });
+  if (r.code !== 0) throw new LabError(`reading /proc/net/xfrm_stat failed: ${r.stderr.trim()}`);
+  const out = new Map<string, Record<string, number>>();
+  for (const part of r.stdout.split(/^== /m).slice(1)) {
+    const nl = part.indexOf('\n');
+    out.set(part.slice(0, nl).trim(), parseXfrmStat(part.slice(nl + 1)));
+  }
+  return out;
+}
+
+/** counters that rose between two reads, per node (every xfrm_stat counter is an error counter) */
+export function xfrmStatRises(before: Map<string, Record<string, number>>, after: Map<string, Record<string, number>>): Record<string, Record<string, number>> {
+  const out: Record<string, Record<string, number>> = {};
+  for (const [node, a] of after) {
+    const b = before.get(node) ?? {};
+    for (const [k, v] of Object.entries(a)) {
+      const d = v - (b[k] ?? 0);
+      if (d > 0) (out[node] ??= {})[k] = d;
+    }
+  }
+  return out;
 }
 
 /** Per-SPI packet/byte counters from `ip -s xfrm state` (the output holds keys: never print it). */
@@ -99,6 +132,8 @@ export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<
   const model = observe(net, state, buildConfigs(net, state));
   const book = new AddressBook(net, state);
   const nodeByAddr = new Map(rec.layout.nodes.map((n) => [formatIPv4(n.underlay.addr), n.name]));
+  if (rec.kernel) log(`kernel ${rec.kernel.release}${rec.kernel.xfrmInterface ? ', xfrm_interface loaded' : ''}, nf_tables for IPv4: ${rec.kernel.nft ? 'yes' : 'no'}`);
+  const statBefore = await readXfrmStats(host, rec);
 
   for (const def of net.circuits) {
     const c = state.circuits[def.name]!;
@@ -230,11 +265,29 @@ export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<
     reports.push({ circuit: def.name, path: [c.client, ...c.hops, `dest(${def.name})`], checks, observations, observed, modelDiff, downloadBytes: bytes, downloadMBps: bytes / 1e6 / secs });
   }
 
+  // a clean run raises no xfrm error counter anywhere (the fail-closed check below raises some
+  // on purpose, so it comes after this read)
+  const statAfter = await readXfrmStats(host, rec);
+  for (const [node, c] of statAfter) {
+    const nonzero = Object.entries(c).filter(([, v]) => v > 0);
+    log(`  xfrm_stat ${node}: ${nonzero.length === 0 ? 'all zero' : nonzero.map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  }
+  const rises = xfrmStatRises(statBefore, statAfter);
+  const riseText = Object.entries(rises).map(([n, c]) => `${n}: ${Object.entries(c).map(([k, v]) => `${k} +${v}`).join(', ')}`);
+  const nodeChecks: CheckResult[] = [
+    {
+      name: 'no xfrm error counter rose during the traffic checks (/proc/net/xfrm_stat, every node)',
+      ok: riseText.length === 0,
+      detail: riseText.length === 0 ? `${statAfter.size} nodes read before and after` : riseText.join('; '),
+    },
+  ];
+  for (const ch of nodeChecks) log(`${ch.ok ? 'PASS' : 'FAIL'} ${ch.name} (${ch.detail})`);
+
   const failClosed = net.circuits.length > 0 ? await failClosedCheck(rec, host, state, log) : [];
   for (const ch of failClosed) log(`${ch.ok ? 'PASS' : 'FAIL'} ${ch.name} (${ch.detail})`);
   state = (await loadState(statePath)).state;
-  const ok = reports.every((r) => r.checks.every((c) => c.ok)) && failClosed.every((c) => c.ok);
-  return { circuits: reports, failClosed, ok };
+  const ok = reports.every((r) => r.checks.every((c) => c.ok)) && nodeChecks.every((c) => c.ok) && failClosed.every((c) => c.ok);
+  return { ...(rec.kernel ? { kernel: rec.kernel } : {}), circuits: reports, nodes: nodeChecks, xfrmStatRises: rises, failClosed, ok };
 }
 
 /**
@@ -303,7 +356,9 @@ export function formatReport(r: LabTestReport): string {
       for (const d of c.modelDiff) out.push(`    ${d.point}: missing ${d.missing.join('; ') || '-'}; unexpected ${d.unexpected.join('; ') || '-'}`);
     }
   }
-  const all = [...r.circuits.flatMap((c) => c.checks), ...r.failClosed];
+  if (r.kernel) out.unshift(`Kernel ${r.kernel.release}${r.kernel.xfrmInterface ? ' (xfrm_interface loaded)' : ''}; nf_tables for IPv4: ${r.kernel.nft ? 'yes' : 'no'}`);
+  for (const c of r.nodes) out.push(`${c.ok ? 'PASS' : 'FAIL'} ${c.name}: ${c.detail}`);
+  const all = [...r.circuits.flatMap((c) => c.checks), ...r.nodes, ...r.failClosed];
   const passed = all.filter((c) => c.ok).length;
   out.push('', `${passed} passed, ${all.length - passed} failed`);
   return out.join('\n') + '\n';

@@ -34,6 +34,11 @@ export interface LabRecord {
   iptablesRestore: string;
   /** exits whose nftables backend was replaced by iptables because the kernel lacks it */
   nftReplaced: string[];
+  /**
+   * The kernel the lab's routers run: the UML binary and its release (or the host's kernel in
+   * direct mode), whether xfrm_interface was loaded, and whether it has nf_tables for IPv4.
+   */
+  kernel?: { binary?: string; release: string; xfrmInterface: boolean; nft: boolean };
   seed?: string;
   /**
    * What `onionctl apply|plan|destroy|status` need to drive the lab like real routers, from

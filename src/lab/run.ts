@@ -73,14 +73,19 @@ export function wellFormedEd25519(pem: string): boolean {
 
 export type Log = (line: string) => void;
 
-/** Does the lab kernel have nf_tables for IPv4? (The UML kernel does not.) */
+/**
+ * The ruleset labHasNft loads: an IPv4 NAT chain, what an nftables exit needs. nft 1.0.6 wants a
+ * newline or ";" after a chain's closing brace; the one-line form without it is a syntax error on
+ * every kernel, which once made this probe answer "no" everywhere.
+ */
+export const NFT_PROBE_RULESET = 'table ip onionctl_probe {\n  chain post {\n    type nat hook postrouting priority 100;\n  }\n}\n';
+
+/** Does the lab kernel have nf_tables for IPv4 with NAT? (Debian 12's UML kernel does not.) */
 export async function labHasNft(host: LabHost): Promise<boolean> {
   const ns = `ocnft${randomBytes(3).toString('hex')}`;
-  const r = await host.run([
-    'sh',
-    '-c',
-    `ip netns add ${ns} && echo 'table ip t { chain c { type filter hook forward priority 0; } }' | nsenter --net=/run/netns/${ns} nft -f - 2>/dev/null; rc=$?; ip netns del ${ns}; exit $rc`,
-  ]);
+  const r = await host.run(['sh', '-c', `ip netns add ${ns} && nsenter --net=/run/netns/${ns} nft -f - 2>/dev/null; rc=$?; ip netns del ${ns}; exit $rc`], {
+    stdin: NFT_PROBE_RULESET,
+  });
   return r.code === 0;
 }
 

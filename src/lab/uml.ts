@@ -629,9 +629,22 @@ async function readReady(dir: string): Promise<(GuestInfo & { token?: string }) 
 }
 
 /** Prepare dir/guest: scripts, boot parameters, module root, iptables-legacy PATH directory. */
+/**
+ * Where a UML kernel's modules are: beside the binary (`<dir>/modules/<release>`, as
+ * scripts/uml-kernel.sh lays out the kernels it builds), else Debian's /usr/lib/uml/modules.
+ */
+export async function umlModuleDir(uml: string, release: string): Promise<string> {
+  const candidates = [path.join(path.dirname(uml), 'modules', release), path.join('/usr/lib/uml/modules', release)];
+  for (const c of candidates) if (await exists(path.join(c, 'modules.dep'))) return c;
+  throw new UmlNotFoundError(
+    `UML kernel modules for ${release} are missing (looked in ${candidates.join(' and ')}); reinstall user-mode-linux, or rebuild the kernel with scripts/uml-kernel.sh`,
+  );
+}
+
 async function prepareGuestDir(
   dir: string,
   srcDir: string,
+  uml: string,
   release: string,
   token: string,
   modules: readonly string[],
@@ -655,10 +668,7 @@ async function prepareGuestDir(
   }
 
   const modRoot = path.join(g, 'mr');
-  const modSrc = path.join('/usr/lib/uml/modules', release);
-  if (!(await exists(path.join(modSrc, 'modules.dep')))) {
-    throw new UmlNotFoundError(`UML kernel modules for ${release} are missing (${modSrc}); reinstall user-mode-linux`);
-  }
+  const modSrc = await umlModuleDir(uml, release);
   await fsp.mkdir(path.join(modRoot, 'lib', 'modules'), { recursive: true });
   await fsp.symlink(modSrc, path.join(modRoot, 'lib', 'modules', release));
 
@@ -742,7 +752,7 @@ export async function bootGuest(opts: BootOptions): Promise<Guest> {
     log(`onionctl-lab: not hiding /root in the guest: the guest needs ${underRoot.join(', ')}`);
     maskRoot = false;
   }
-  await prepareGuestDir(dir, opts.guestSourceDir ?? guestSourceDir(), release, token, modules, maskRoot);
+  await prepareGuestDir(dir, opts.guestSourceDir ?? guestSourceDir(), uml, release, token, modules, maskRoot);
 
   const args = [
     `mem=${memMB}M`,

@@ -45,6 +45,7 @@ import {
   type Ran,
   type ScanResult,
 } from '../helpers/lab.js';
+import { describeKernels, type LabKernel } from '../helpers/kernels.js';
 
 const MIN = 60_000;
 const STEP = 12 * MIN;
@@ -148,6 +149,7 @@ async function interruptedApply(lab: LabHandle, sig: NodeJS.Signals): Promise<{ 
   return { ran: await run.done, sentAfter };
 }
 
+describeKernels('apply', (k: LabKernel) => {
 maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps in order)', () => {
   let tmp: string;
   let topo: string;
@@ -529,4 +531,5 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     expect(show(d2)).toMatchObject({ code: 0 });
     expect(d2.stdout).toMatch(/Nothing to destroy/);
   }, STEP);
+});
 });

@@ -6,13 +6,15 @@
  *   alice ──ov── or1 ──ov── or2 ──ov── or3 ══ outside ══ server      (examples/three-mixes.yaml)
  *
  * Each test asserts what `onionctl lab test --json` measured, and that `down` (or a failed
- * `up`) leaves no namespace, process, mount or file behind.
+ * `up`) leaves no namespace, process, mount or file behind. Every test runs on each kernel of the
+ * lab matrix (test/helpers/kernels.ts): 6.1, and 6.12 with xfrm_interface loaded and nftables.
  */
 import { describe, expect, test } from '@jest/globals';
 import { execa } from 'execa';
 import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import { describeKernels, type LabKernel } from '../helpers/kernels.js';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
 const bin = path.join(root, 'dist/src/cli/bin.js');
@@ -46,11 +48,14 @@ if (!isRoot) console.warn('lab tests skipped: they need root (CI runs as root)')
 
 interface Report {
   ok: boolean;
+  kernel?: { release: string; xfrmInterface: boolean; nft: boolean };
+  nodes: { name: string; ok: boolean; detail: string }[];
+  xfrmStatRises: Record<string, Record<string, number>>;
   circuits: { circuit: string; path: string[]; checks: { name: string; ok: boolean; detail: string }[]; observations: { point: string; src: string; dst: string; proto: string }[] }[];
   failClosed: { name: string; ok: boolean; detail: string }[];
 }
 
-maybe('lab', () => {
+describeKernels('lab', (k: LabKernel) => maybe('lab', () => {
   test(
     'three-mixes: up, test, down; every check passes and nothing is left',
     async () => {
@@ -64,8 +69,11 @@ maybe('lab', () => {
       try {
         const t = await onionctl(['lab', 'test', topo, '--json']);
         const report = JSON.parse(String(t.stdout)) as Report;
-        const failed = [...report.circuits.flatMap((c) => c.checks), ...report.failClosed].filter((c) => !c.ok);
+        const failed = [...report.circuits.flatMap((c) => c.checks), ...report.nodes, ...report.failClosed].filter((c) => !c.ok);
         expect(failed).toEqual([]);
+        // the kernel of the matrix ran, as asked, and no xfrm error counter rose anywhere
+        expect(report.kernel).toMatchObject({ release: expect.stringMatching(new RegExp(`^${k.name.replace('.', '\\.')}\\.`)), xfrmInterface: k.xfrmInterface, nft: k.nft });
+        expect(report.xfrmStatRises).toEqual({});
         expect(t.exitCode).toBe(0);
         const web = report.circuits.find((c) => c.circuit === 'web')!;
         expect(web.path).toEqual(['alice', 'or1', 'or2', 'or3', 'dest(web)']);
@@ -101,6 +109,12 @@ maybe('lab', () => {
       const m = /lab ([0-9a-f]{4}) removed/.exec(out);
       expect(m).not.toBeNull();
       for (const c of ['web', 'short', 'long', 'dns', 'mail', 'archive']) expect(out).toContain(`PASS ${c}: only the exit sees the destination`);
+      expect(out).toContain('PASS no xfrm error counter rose during the traffic checks');
+      if (k.nft) {
+        // or11 SNATs with nftables, as the topology asks: no fallback, and a circuit exits there
+        expect(out).not.toMatch(/router or11 uses iptables \(legacy\)/);
+        expect(String(r.stdout)).toMatch(/\nCircuit \w+: [^\n]*-> or11 -> dest\(/);
+      } else expect(out).toMatch(/router or11 uses iptables \(legacy\) in the lab/);
       expect(await leftovers(m![1]!)).toEqual([]);
     },
     20 * MIN,
@@ -147,4 +161,4 @@ maybe('lab', () => {
     },
     10 * MIN,
   );
-});
+}));

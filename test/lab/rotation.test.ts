@@ -33,6 +33,7 @@ import { StateSchema, type CircuitState, type State } from '../../src/state/mode
 import { LabHandle, leftovers, onionctl, pointerPath, start, type Ran } from '../helpers/lab.js';
 import { ipv4Of, parsePcap, writePcap } from '../helpers/pcap.js';
 import { EpochLedger, KeyLedger, TCP_COUNTERS, hex, holders, mentions, snapshot, writePrograms, type LabPrograms, type Snapshot } from '../helpers/rotation.js';
+import { describeKernels, type LabKernel } from '../helpers/kernels.js';
 
 const MIN = 60_000;
 const STEP = 12 * MIN;
@@ -136,6 +137,7 @@ const linkSas = (s: State) => Object.entries(s.links).flatMap(([k, l]) => [[`${k
 /** "+3" / "0" */
 const delta = (a: number | undefined, b: number | undefined) => (b ?? 0) - (a ?? 0);
 
+describeKernels('rotation', (k: LabKernel) => {
 maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab routers (one lab, steps in order)', () => {
   let tmp: string;
   let topo: string;
@@ -452,4 +454,5 @@ maybe('rekey, rekey --due, rotate, anti-replay and TFC padding on the lab router
     // 16 SAs after apply, 6 new by rekey, 6 by rekey --due, 6 per rotation
     expect(keys.spis).toBeGreaterThanOrEqual(16 + 6 + 6 + 2 * 6);
   });
+});
 });

@@ -27,6 +27,7 @@ import { parseXfrmStates } from '../../src/readback/xfrm.js';
 import { policyLine, stateLine } from '../../src/render/render.js';
 import { PAD_SIZE, PAIR, PAIR_CASES, RandomKeys, padNet, padPlan, pairConfigs } from '../helpers/sa.js';
 import { poolsOf } from '../helpers/readback.js';
+import { describeKernels, kernelBoot, type LabKernel } from '../helpers/kernels.js';
 
 const skip = process.env.ONIONCTL_SKIP_LAB === '1';
 const d = skip ? describe.skip : describe;
@@ -48,6 +49,7 @@ function record(dir: string, file: string, text: string): void {
   fs.writeFileSync(path.join(RECORD, dir, `${file}.txt`), zeroKeys(text));
 }
 
+describeKernels('sa-options', (k: LabKernel) => {
 d('SA options in the UML kernel', () => {
   let dir: string;
   let g: Guest;
@@ -74,7 +76,7 @@ d('SA options in the UML kernel', () => {
   beforeAll(async () => {
     fs.mkdirSync('/var/tmp/onionctl-lab', { recursive: true, mode: 0o700 });
     dir = fs.mkdtempSync('/var/tmp/onionctl-lab/sa-');
-    g = await bootGuest({ dir, timeoutMs: 90_000 });
+    g = await bootGuest({ dir, timeoutMs: 90_000, ...kernelBoot(k) });
     // static neighbours and no IPv6, so the veth counters see only the ESP packets of the pings
     await sh(
       [
@@ -210,4 +212,5 @@ d('SA options in the UML kernel', () => {
       await g.exec(['sh', '-c', nss.map((ns) => `ip netns del ${ns}`).join('; ')]);
     }
   }, 60_000);
+});
 });

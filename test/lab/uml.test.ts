@@ -20,6 +20,8 @@ import {
   haltGuest,
   UmlNotFoundError,
 } from '../../src/lab/uml.js';
+import { describeKernels, kernelBoot, type LabKernel } from '../helpers/kernels.js';
+import { NFT_PROBE_RULESET } from '../../src/lab/run.js';
 
 const skip = process.env.ONIONCTL_SKIP_LAB === '1';
 const d = skip ? describe.skip : describe;
@@ -49,6 +51,7 @@ function espStateBatch(spi: number, keyHex: string): string {
   );
 }
 
+describeKernels('uml guest', (k: LabKernel) => {
 d('UML lab guest', () => {
   let dir: string;
   let guest: Guest | undefined;
@@ -56,7 +59,7 @@ d('UML lab guest', () => {
   beforeAll(async () => {
     fs.mkdirSync('/var/tmp/onionctl-lab', { recursive: true, mode: 0o700 });
     dir = fs.mkdtempSync('/var/tmp/onionctl-lab/test-');
-    guest = await bootGuest({ dir, timeoutMs: 90_000 });
+    guest = await bootGuest({ dir, timeoutMs: 90_000, ...kernelBoot(k) });
   }, 120_000);
 
   afterAll(async () => {
@@ -64,6 +67,14 @@ d('UML lab guest', () => {
     if (guest?.isRunning()) await guest.halt();
     if (dir && findGuestProcesses(dir).length === 0) fs.rmSync(dir, { recursive: true, force: true });
   }, 60_000);
+
+  test('the kernel of the matrix: its release, xfrm_interface loaded or not, nf_tables for IPv4 or not', async () => {
+    const g = guest!;
+    expect(g.info.kernel.startsWith(`${k.name}.`)).toBe(true);
+    expect(g.info.modules.includes('xfrm_interface')).toBe(k.xfrmInterface);
+    const nft = await g.exec(['sh', '-c', 'ip netns add nftprobe && ip netns exec nftprobe nft -f -; rc=$?; ip netns del nftprobe; exit $rc'], { stdin: NFT_PROBE_RULESET });
+    expect({ nft: nft.exitCode === 0 }).toEqual({ nft: k.nft });
+  }, 120_000);
 
   test('boots a UML kernel and runs uname -r', async () => {
     const g = guest!;
@@ -156,7 +167,9 @@ d('UML lab guest', () => {
     await expect(attachGuest(dir)).rejects.toBeInstanceOf(GuestNotRunningError);
   }, 60_000);
 });
+});
 
+describeKernels('uml failures', (k: LabKernel) => {
 d('UML lab failures', () => {
   let dir: string;
   beforeAll(() => {
@@ -169,7 +182,7 @@ d('UML lab failures', () => {
   }, 60_000);
 
   test('a boot timeout is reported with the console tail and kills the half-booted guest', async () => {
-    const err = await bootGuest({ dir, timeoutMs: 300 }).catch((e: unknown) => e);
+    const err = await bootGuest({ dir, timeoutMs: 300, ...kernelBoot(k) }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GuestBootError);
     expect((err as Error).message).toContain('did not become ready within 300 ms');
     expect((err as GuestBootError).consoleTail.length).toBeGreaterThan(0);
@@ -177,7 +190,7 @@ d('UML lab failures', () => {
   }, 60_000);
 
   test('a dead agent is reported as such, and haltGuest cleans up', async () => {
-    const g = await bootGuest({ dir, timeoutMs: 90_000 });
+    const g = await bootGuest({ dir, timeoutMs: 90_000, ...kernelBoot(k) });
     const err = await g.exec(['sh', '-c', `kill -9 ${g.info.agentPid}; sleep 60`]).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(GuestAgentError);
     expect((err as Error).message).toMatch(/agent .* died|exited/);
@@ -185,6 +198,7 @@ d('UML lab failures', () => {
     expect(findGuestProcesses(dir)).toEqual([]);
     await expect(g.exec(['true'])).rejects.toBeInstanceOf(GuestNotRunningError);
   }, 150_000);
+});
 });
 
 d('UML lab prerequisites', () => {
