@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the Debian packages onionctl's lab and tests use, when they are missing.
+# Installs the Debian packages onionctl's lab and tests use, when they are missing, and the lab's
+# 6.12 UML kernel (scripts/uml-kernel.sh, cached after the first build).
 # Needs root (CI runs as root). Safe to run again: it only installs what is absent.
 set -eu
 need=""
@@ -31,3 +32,10 @@ if [ -n "$need" ]; then
   # shellcheck disable=SC2086
   apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
+
+# The lab's second kernel (docs/kernels.md): 6.12 with xfrm_interface and nftables for IPv4, built
+# from Debian's linux-source-6.12 once per machine and then cached. ONIONCTL_LAB_KERNELS=6.1 skips
+# it (the lab tests then run on Debian 12's 6.1 kernel only).
+case ",${ONIONCTL_LAB_KERNELS:-6.1,6.12}," in
+  *,6.12,*) "$(dirname "$0")/uml-kernel.sh" >/dev/null ;;
+esac

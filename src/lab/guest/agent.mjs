@@ -72,12 +72,14 @@ function unlinkQuiet(file) {
 }
 
 function finish(id, res) {
+  // the claim goes first: the host returns as soon as it sees <id>.res, and must then find
+  // nothing of this request left in the spool
+  unlinkQuiet(path.join(spool, `${id}.run`));
   try {
     writeAtomic(path.join(spool, `${id}.res`), JSON.stringify(res));
   } catch (err) {
     log(`cannot write result for ${id}: ${err}`);
   }
-  unlinkQuiet(path.join(spool, `${id}.run`));
 }
 
 function runRequest(id) {
