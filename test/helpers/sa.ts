@@ -107,13 +107,20 @@ export function pairConfigs(c: PairCase): { a: NodeConfig; b: NodeConfig } {
 // the recorded fixtures (test/fixtures/readback/uml-6.1-sa, see its README)
 
 export const SA_FIXTURES = path.join(FIXTURES, 'uml-6.1-sa');
+/** the same recording made in the 6.12 lab kernel (test/fixtures/readback/README.md) */
+export const SA_SETS = ['uml-6.1-sa', 'uml-6.12-sa'] as const;
+export type SaSet = (typeof SA_SETS)[number];
 export const SA_PLAN_NODES = ['alice', 'or1', 'or2', 'or3'] as const;
 
-export function saFixture(dir: string, file: string): string {
-  return readFileSync(path.join(SA_FIXTURES, dir, `${file}.txt`), 'utf8');
+export function saFixture(dir: string, file: string, set: SaSet = 'uml-6.1-sa'): string {
+  return readFileSync(path.join(FIXTURES, set, dir, `${file}.txt`), 'utf8');
 }
 
 /** a node of the padded lab plan as recorded: its states and policies */
-export function saObserved(node: string, variant: '' | '-s' = '-s'): ObservedNode {
-  return observeNode(node, { xfrmState: saFixture(node, variant === '-s' ? 'ip-s-xfrm-state' : 'ip-xfrm-state'), xfrmPolicy: saFixture(node, 'ip-xfrm-policy') }, { pools: poolsOf(padNet()) });
+export function saObserved(node: string, variant: '' | '-s' = '-s', set: SaSet = 'uml-6.1-sa'): ObservedNode {
+  return observeNode(
+    node,
+    { xfrmState: saFixture(node, variant === '-s' ? 'ip-s-xfrm-state' : 'ip-xfrm-state', set), xfrmPolicy: saFixture(node, 'ip-xfrm-policy', set) },
+    { pools: poolsOf(padNet()) },
+  );
 }

@@ -23,17 +23,17 @@ import {
   rekeyNeeded,
   type Change,
 } from '../../src/diff/index.js';
-import { SA_PLAN_NODES, padPlan, saObserved } from '../helpers/sa.js';
+import { SA_PLAN_NODES, SA_SETS, padPlan, saObserved } from '../helpers/sa.js';
 import { ZERO_KEYS, fixture, hostObserved, k4Net, k4Plan, labNet, labPlan, poolsOf, umlObserved, UML_NODES } from '../helpers/readback.js';
 
 const emptyConfig = (c: NodeConfig): NodeConfig => ({ ...c, states: [], policies: [], addresses: [], routes: [], firewall: { ...c.firewall, snat: [], forward: [] } });
 
 describe('a router that holds the plan: no changes', () => {
-  test('UML: the padded lab plan\'s states (lifetimes, ESN, tfcpad) and policies, loaded by the planner\'s own lines', () => {
+  test.each(SA_SETS)('UML: the padded lab plan\'s states (lifetimes, ESN, tfcpad) and policies, loaded by the planner\'s own lines (%s)', (set) => {
     const plan = padPlan();
     for (const n of SA_PLAN_NODES) {
       for (const variant of ['', '-s'] as const) {
-        const o = saObserved(n, variant);
+        const o = saObserved(n, variant, set);
         expect(o.states!.owned).toHaveLength(plan.configs.get(n)!.states.length);
         expect({ n, variant, changes: diffNode(plan.configs.get(n)!, o, { keys: ZERO_KEYS }) }).toEqual({ n, variant, changes: [] });
         expect(findConflicts(plan.configs.get(n)!, o)).toEqual([]);

@@ -13,7 +13,7 @@ import { observeNode } from '../../src/readback/observed.js';
 import { ReadbackError } from '../../src/readback/records.js';
 import { parseXfrmPolicies, parseXfrmStates } from '../../src/readback/xfrm.js';
 import { ZERO_KEYS, poolsOf } from '../helpers/readback.js';
-import { padNet, padPlan, saFixture } from '../helpers/sa.js';
+import { PAIR_CASES, pairConfigs, padNet, padPlan, saFixture } from '../helpers/sa.js';
 
 const NODE = 'or2';
 const recorded = () => saFixture(NODE, 'ip-s-xfrm-state');
@@ -120,5 +120,24 @@ describe('a line the parser does not know is an error, never a guess', () => {
     expect(() => parseXfrmPolicies(withLine(p, /^\tdir /, 'frobnicate 1'))).toThrow(/line \d+: unknown line in policy .*"frobnicate 1"/);
     const ok = parseXfrmPolicies(withLine(p, /^\tdir /, 'crypto offload parameters: dev eth0 mode packet'));
     expect(ok.every((x) => x.other.join() === 'offload')).toBe(true);
+  });
+});
+
+describe('the 6.12 lab kernel, recorded (test/fixtures/readback/uml-6.12-sa): SAs that carried traffic', () => {
+  test.each(PAIR_CASES.map((c) => c.name))('%s: every used SA prints lastused; both ends hold their SAs as planned (no change, no rekey)', (name) => {
+    const c = PAIR_CASES.find((x) => x.name === name)!;
+    const cfgs = pairConfigs(c);
+    for (const [end, cfg] of [['a', cfgs.a], ['b', cfgs.b]] as const) {
+      for (const file of ['ip-s-xfrm-state', 'ip-xfrm-state']) {
+        const text = saFixture(`${name}-${end}`, file, 'uml-6.12-sa');
+        const recs = parseXfrmStates(text);
+        expect(recs).toHaveLength(2);
+        // the kernel's own output: a lastused time on each SA (both carried the pings)
+        for (const r of recs) expect({ spi: r.spi, lastUsed: r.lastUsed }).toEqual({ spi: r.spi, lastUsed: expect.stringMatching(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/) });
+        const o = observeNode(cfg.node, { xfrmState: text }, { pools: [] });
+        const states = diffNode({ ...cfg, policies: [] }, { ...o, policies: { owned: [], foreign: [] } }, { keys: ZERO_KEYS }).filter((x) => x.kind === 'state');
+        expect({ end, file, states }).toEqual({ end, file, states: [] });
+      }
+    }
   });
 });
