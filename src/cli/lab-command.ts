@@ -199,6 +199,9 @@ async function up(topology: string, opts: LabOpts): Promise<LabRecord> {
   const id = randomBytes(2).toString('hex');
   const layout = labLayout(net, id);
   const esp = await kernelHasEsp();
+  // the kernel to boot is checked before anything is created
+  if (esp && o.kernel) throw new UserError('--kernel picks a User-Mode Linux kernel, but this kernel has ESP and the lab runs on it directly');
+  const binary = esp ? undefined : resolveKernelOption(o.kernel);
   const dir = labDir(id);
   const rec: LabRecord = {
     id,
@@ -232,7 +235,6 @@ async function up(topology: string, opts: LabOpts): Promise<LabRecord> {
       await sh(['ip', '-n', rec.ctlNs, 'tuntap', 'add', 'dev', rec.tap!, 'mode', 'tap']);
       await sh(['ip', '-n', rec.ctlNs, 'address', 'add', `${formatIPv4(layout.controllerMgmt)}/${layout.mgmtNet.len}`, 'dev', rec.tap!]);
       await sh(['ip', '-n', rec.ctlNs, 'link', 'set', rec.tap!, 'up']);
-      const binary = resolveKernelOption(o.kernel);
       const g = await bootGuest({
         dir: rec.guestDir!,
         netns: rec.ctlNs,
@@ -242,10 +244,10 @@ async function up(topology: string, opts: LabOpts): Promise<LabRecord> {
       });
       checkInterrupted();
       log(`guest booted (kernel ${g.info.kernel}, ${g.info.modules.length} modules)`);
-      rec.kernel = { ...(binary ?? process.env.ONIONCTL_UML ? { binary: binary ?? process.env.ONIONCTL_UML } : {}), release: g.info.kernel, xfrmInterface: false, nft: false };
+      const bin = binary ?? process.env.ONIONCTL_UML;
+      rec.kernel = { ...(bin ? { binary: bin } : {}), release: g.info.kernel, xfrmInterface: false, nft: false };
       host = new GuestHost(g);
     } else {
-      if (o.kernel) throw new UserError('--kernel picks a User-Mode Linux kernel, but this kernel has ESP and the lab runs on it directly');
       log(`this kernel has ESP: the lab runs in namespaces here (lab ${id})`);
       host = new DirectHost();
       rec.kernel = { release: (await execa('uname', ['-r'])).stdout.trim(), xfrmInterface: false, nft: false };

@@ -146,6 +146,31 @@ describeKernels('lab', (k: LabKernel) => maybe('lab', () => {
     10 * MIN,
   );
 
+  test(
+    '--xfrm-interface on a kernel without the module: a clear error, exit 1, nothing left behind (6.1 only)',
+    async () => {
+      if (k.xfrmInterface) return; // this kernel has the module: nothing to refuse
+      const topo = 'examples/three-mixes.yaml';
+      const r = await onionctl(['lab', 'up', topo, '--xfrm-interface']);
+      expect(r.exitCode).toBe(1);
+      expect(String(r.stderr)).toMatch(/--xfrm-interface: the lab kernel 6\.1\.\d+ has no xfrm_interface module \(CONFIG_XFRM_INTERFACE\); boot one that has, e\.g\. --kernel 6\.12/);
+      expect(String(r.stderr)).not.toMatch(/\n\s+at /);
+      const m = /lab ([0-9a-f]{4})\)/.exec(String(r.stderr));
+      expect(m).not.toBeNull();
+      expect(await leftovers(m![1]!)).toEqual([]);
+      expect(existsSync(pointer(topo))).toBe(false);
+    },
+    5 * MIN,
+  );
+
+  test('--kernel that is not a file: a clear error before anything is created', async () => {
+    const r = await onionctl(['lab', 'up', 'examples/three-mixes.yaml', '--kernel', '/nonexistent/linux.uml']);
+    expect(r.exitCode).toBe(1);
+    expect(String(r.stderr)).toContain('--kernel /nonexistent/linux.uml: no such file (a UML kernel binary, or "6.12")');
+    expect(String(r.stderr)).not.toMatch(/\n\s+at /);
+    expect(existsSync(pointer('examples/three-mixes.yaml'))).toBe(false);
+  });
+
   test.each(['after-boot', 'before-apply'])(
     'a failed up (%s) reports a clear error, exits non-zero and leaves nothing behind',
     async (where) => {
