@@ -18,6 +18,7 @@ import type { Net } from '../../src/topology/net.js';
 import { buildConfigs } from '../../src/spd/build.js';
 import { TopologyError } from '../../src/topology/diagnostics.js';
 import { parseTopology } from '../../src/topology/load.js';
+import { auditState } from '../../src/audit/audit.js';
 import { K2_YAML, K4_YAML, exampleNet, examplePath, netFromYaml } from '../helpers/net.js';
 
 const SALT = '5a'.repeat(32);
@@ -520,3 +521,28 @@ describe('TFC padding (circuit option tfcpad)', () => {
     expect(diag(withWeb('tfcpad: { layers: all }'))).toHaveLength(1);
   });
 });
+
+describe('nested dir-in policies (what kernels with xfrm_interface check) for every k and both crypto profiles', () => {
+  const nets: [string, string][] = [
+    ['k=2', K2_YAML],
+    ['k=3', readFileSync(examplePath('three-mixes.yaml'), 'utf8')],
+    ['k=4', K4_YAML],
+  ];
+  for (const [k, yaml] of nets) {
+    for (const crypto of ['aes-gcm', 'aes-cbc-hmac-sha1'] as const) {
+      test(`${k}, ${crypto}: the scheme holds on every node and the audit walk delivers both ways through the nested checks`, () => {
+        const net = netFromYaml(yaml.replace('crypto: aes-gcm', `crypto: ${crypto}`));
+        expect(net.crypto).toBe(crypto);
+        const p = plan(net, `nested-${k}-${crypto}`);
+        checkPlan(net, p);
+        const nested = [...p.configs.values()].flatMap((c) => c.policies.filter((x) => x.priority === PRIORITY_NESTED));
+        // one per hop at the routers and one per hop at the client, for every circuit
+        const hops = Object.values(p.state.circuits).reduce((n, c) => n + c.hops.length, 0);
+        expect(nested).toHaveLength(2 * hops);
+        const delivery = auditState(net, p.state, p.configs).invariants.find((i) => i.name === 'delivery')!;
+        expect(delivery.violations).toEqual([]);
+      });
+    }
+  }
+});
+
