@@ -6,7 +6,7 @@ import { promises as fs } from 'node:fs';
 import ssh2, { type ConnectConfig } from 'ssh2';
 const { Client } = ssh2;
 type Client = InstanceType<typeof Client>;
-import { hostField, parseKnownHosts, parsePinnedKey, verifyHostKey, type KnownHostEntry } from './known-hosts.js';
+import { fingerprintSha256, hostField, keyTypeOf, parseKnownHosts, parsePinnedKey, verifyHostKey, type KnownHostEntry } from './known-hosts.js';
 import { shellJoin, TransportError, type ExecOptions, type ExecResult, type Transport } from './transport.js';
 
 export interface SshTarget {
@@ -27,6 +27,28 @@ export interface SshAuth {
   connectTimeoutMs?: number;
   commandTimeoutMs?: number;
 }
+
+/**
+ * The only algorithms onionctl negotiates: no SHA-1 (ssh-rsa signatures, hmac-sha1, sha1 key
+ * exchanges), no CBC ciphers, no DSA, no compression. ssh2's defaults still allow ssh-rsa and
+ * hmac-sha1. Every router OpenSSH has shipped since 7.x (2016) offers several of these.
+ */
+export const SSH_ALGORITHMS = {
+  kex: [
+    'curve25519-sha256',
+    'curve25519-sha256@libssh.org',
+    'ecdh-sha2-nistp256',
+    'ecdh-sha2-nistp384',
+    'ecdh-sha2-nistp521',
+    'diffie-hellman-group16-sha512',
+    'diffie-hellman-group18-sha512',
+    'diffie-hellman-group14-sha256',
+  ],
+  serverHostKey: ['ssh-ed25519', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ecdsa-sha2-nistp521', 'rsa-sha2-512', 'rsa-sha2-256'],
+  cipher: ['chacha20-poly1305@openssh.com', 'aes256-gcm@openssh.com', 'aes128-gcm@openssh.com', 'aes256-ctr', 'aes192-ctr', 'aes128-ctr'],
+  hmac: ['hmac-sha2-256-etm@openssh.com', 'hmac-sha2-512-etm@openssh.com', 'hmac-sha2-256', 'hmac-sha2-512'],
+  compress: ['none'],
+} satisfies NonNullable<ConnectConfig['algorithms']>;
 
 export async function loadKnownHosts(files: string[]): Promise<KnownHostEntry[]> {
   const all: KnownHostEntry[] = [];
@@ -54,9 +76,22 @@ export class SshTransport implements Transport {
     const entries = known ?? (await loadKnownHosts(auth.knownHosts));
     const label = `${target.node} (${target.host}:${target.port})`;
     let refusal: string | undefined;
+    // parsed here, not in the verifier: a throw inside ssh2's handshake would not reach us
+    let pinned: Buffer | undefined;
+    if (target.hostKey) {
+      try {
+        pinned = parsePinnedKey(target.hostKey);
+      } catch (e) {
+        throw new TransportError(target.node, `${label}: ${(e as Error).message}`, { cause: e });
+      }
+    }
     const hostVerifier = (key: Buffer): boolean => {
-      if (target.hostKey) {
-        const pinned = parsePinnedKey(target.hostKey);
+      // a key marked @revoked in known_hosts is refused for every host, pinned or not
+      if (entries.some((e) => e.marker === 'revoked' && e.key.equals(key))) {
+        refusal = `host key for ${label} is marked @revoked in known_hosts (offered ${keyTypeOf(key)} ${fingerprintSha256(key)})`;
+        return false;
+      }
+      if (pinned) {
         if (pinned.equals(key)) return true;
         const v = verifyHostKey([{ hosts: '*', keyType: '', key: pinned, line: 0 }], ['*'], key, label);
         refusal = v.ok ? undefined : `${v.message.replace('known_hosts line 0', 'the pinned ssh.hostKey')}`;
@@ -72,6 +107,7 @@ export class SshTransport implements Transport {
       username: target.user,
       readyTimeout: auth.connectTimeoutMs ?? 10_000,
       hostVerifier,
+      algorithms: SSH_ALGORITHMS,
       keepaliveInterval: 5_000,
       keepaliveCountMax: 3,
     };
@@ -84,6 +120,9 @@ export class SshTransport implements Transport {
       client.once('ready', () => resolve());
       client.once('error', (err: Error & { level?: string }) => {
         if (refusal) reject(new TransportError(target.node, refusal, { cause: err }));
+        else if (/no matching|handshake failed/i.test(err.message)) {
+          reject(new TransportError(target.node, `${label}: no modern SSH algorithm in common (onionctl refuses SHA-1, CBC and DSA): ${err.message}`, { cause: err }));
+        }
         else if (err.level === 'client-authentication') reject(new TransportError(target.node, `${label}: authentication refused for user ${target.user}`, { cause: err }));
         else if (err.level === 'client-timeout') reject(new TransportError(target.node, `${label}: connection timed out`, { cause: err }));
         else reject(new TransportError(target.node, `${label}: ${err.message}`, { cause: err }));

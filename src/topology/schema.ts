@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { AddrError, parseCidr, parseIfAddr } from '../net/addr.js';
+import { checkPublicKeyLine } from './ssh-key.js';
 
 /** Conservative: safe as an argument to ip(8), in a file name and in a shell word. */
 export const NAME_RE = /^[a-z][a-z0-9_-]{0,30}$/;
@@ -83,7 +84,13 @@ const ssh = z.strictObject({
   port: z.number().int().min(1).max(65535).optional(),
   user: z.string().regex(/^[a-z_][a-z0-9_-]{0,31}$/).optional(),
   /** Pinned host key, "ssh-ed25519 AAAA..." (as in known_hosts, without the host field). */
-  hostKey: z.string().optional(),
+  hostKey: z
+    .string()
+    .superRefine((v, ctx) => {
+      const err = checkPublicKeyLine(v);
+      if (err) ctx.addIssue({ code: 'custom', message: err });
+    })
+    .optional(),
 });
 
 const router = z.strictObject({

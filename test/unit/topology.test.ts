@@ -323,3 +323,26 @@ describe('locate and formatPath', () => {
     expect(formatPath([])).toBe('');
   });
 });
+
+describe('ssh.hostKey is checked at validate time (a key that is not a key never reaches the SSH handshake)', () => {
+  const withKey = (key: string) => edit({ 11: `    pool: 100.64.1.0/24\n    ssh: { hostKey: ${JSON.stringify(key)} }` });
+  const good = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl';
+
+  test('an ed25519 key (with or without a comment) is accepted', () => {
+    expect(() => parseTopology(withKey(good), 'k.yaml')).not.toThrow();
+    expect(() => parseTopology(withKey(`${good} root@or1`), 'k.yaml')).not.toThrow();
+  });
+
+  test.each([
+    ['garbage', /a host key is "TYPE BASE64"/],
+    ['ssh-dss AAAAB3NzaC1kc3MAAACBAP', /host key type "ssh-dss" is not one of ssh-ed25519/],
+    ['ssh-ed25519 not*base64', /is not base64/],
+    // a valid ecdsa blob under the ed25519 name
+    ['ssh-ed25519 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTY=', /is not a ssh-ed25519 key/],
+    ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0d', /wrong length/],
+  ])('%s: an error at the hostKey value, with line and column', (key, msg) => {
+    const d = diagnosticsOf(withKey(key));
+    expect(d).toHaveLength(1);
+    expect(short(d[0]!)).toMatch(new RegExp(`^12:\\d+: .*${msg.source}`));
+  });
+});

@@ -1,0 +1,141 @@
+/**
+ * The SSH transport against real SSH servers (ssh2's Server, in this process, on 127.0.0.1):
+ * only modern algorithms are negotiated (no ssh-rsa SHA-1 signatures, no hmac-sha1, no SHA-1
+ * key exchange, no CBC), a key marked @revoked in known_hosts is refused even when the topology
+ * pins it, and a pinned key that is not a key is a clear error, not a crash inside the handshake.
+ */
+import { afterEach, describe, expect, test } from '@jest/globals';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import ssh2 from 'ssh2';
+import { parseKnownHosts } from '../../src/remote/known-hosts.js';
+import { SSH_ALGORITHMS, SshTransport } from '../../src/remote/ssh.js';
+import { TransportError } from '../../src/remote/transport.js';
+
+const { Server, utils } = ssh2;
+type ServerT = InstanceType<typeof Server>;
+
+const servers: ServerT[] = [];
+const dirs: string[] = [];
+afterEach(() => {
+  for (const s of servers.splice(0)) s.close();
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+/** An SSH server that accepts any public key and answers `echo` with "ok". */
+async function server(hostKey: string | Buffer, algorithms?: ssh2.ServerConfig['algorithms']): Promise<number> {
+  const srv = new Server({ hostKeys: [hostKey], ...(algorithms ? { algorithms } : {}) }, (client) => {
+    client.on('error', () => {});
+    client.on('authentication', (ctx) => (ctx.method === 'publickey' ? ctx.accept() : ctx.reject(['publickey'])));
+    client.on('session', (accept) => {
+      accept().once('exec', (acc) => {
+        const stream = acc();
+        stream.write('ok\n');
+        stream.exit(0);
+        stream.end();
+      });
+    });
+  });
+  servers.push(srv);
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', () => r()));
+  return (srv.address() as AddressInfo).port;
+}
+
+function ed25519(): { priv: string; pubLine: string; blob: Buffer } {
+  const k = utils.generateKeyPairSync('ed25519');
+  const blob = Buffer.from(k.public.split(/\s+/)[1]!, 'base64');
+  return { priv: k.private, pubLine: k.public.split(/\s+/).slice(0, 2).join(' '), blob };
+}
+
+function rsaPem(): string {
+  return generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs1', format: 'pem' }).toString();
+}
+
+/** a client identity file and a known_hosts file holding `lines` */
+function clientFiles(known: string[]): { identityFile: string; knownHosts: string } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'onionctl-ssh-'));
+  dirs.push(dir);
+  const id = ed25519();
+  writeFileSync(path.join(dir, 'id'), id.priv, { mode: 0o600 });
+  writeFileSync(path.join(dir, 'known_hosts'), known.map((l) => `${l}\n`).join(''));
+  return { identityFile: path.join(dir, 'id'), knownHosts: path.join(dir, 'known_hosts') };
+}
+
+const target = (port: number, hostKey?: string) => ({ node: 'r1', host: '127.0.0.1', port, user: 'root', ...(hostKey ? { hostKey } : {}) });
+
+async function connectError(t: ReturnType<typeof target>, f: { identityFile: string; knownHosts: string }): Promise<TransportError> {
+  const r = await SshTransport.connect(t, { identityFile: f.identityFile, knownHosts: [f.knownHosts], connectTimeoutMs: 10_000 }).then(
+    async (x) => {
+      await x.close();
+      return undefined;
+    },
+    (e: unknown) => e,
+  );
+  expect(r).toBeInstanceOf(TransportError);
+  return r as TransportError;
+}
+
+describe('SSH algorithms', () => {
+  test('the list names no SHA-1, CBC, DSA or compression', () => {
+    const all: string[] = Object.values(SSH_ALGORITHMS).flat();
+    expect(all.filter((a) => /sha1|cbc|dss|md5|zlib/.test(a) || a === 'ssh-rsa')).toEqual([]);
+  });
+
+  test('a server with a modern ed25519 host key: connects, runs a command', async () => {
+    const hk = ed25519();
+    const port = await server(hk.priv);
+    const f = clientFiles([`[127.0.0.1]:${port} ${hk.pubLine}`]);
+    const t = await SshTransport.connect(target(port), { identityFile: f.identityFile, knownHosts: [f.knownHosts] });
+    try {
+      expect(await t.exec(['echo'])).toMatchObject({ exitCode: 0, stdout: 'ok\n' });
+    } finally {
+      await t.close();
+    }
+  });
+
+  test('a server that signs its host key only with ssh-rsa (SHA-1): refused', async () => {
+    const port = await server(rsaPem(), { serverHostKey: ['ssh-rsa'] });
+    const e = await connectError(target(port), clientFiles([]));
+    expect(e.message).toMatch(/no modern SSH algorithm in common .*: .*(host key|no matching)/i);
+  });
+
+  test('a server that offers only hmac-sha1: refused', async () => {
+    const hk = ed25519();
+    const port = await server(hk.priv, { hmac: ['hmac-sha1'], cipher: ['aes128-ctr'] });
+    const e = await connectError(target(port), clientFiles([`[127.0.0.1]:${port} ${hk.pubLine}`]));
+    expect(e.message).toMatch(/no modern SSH algorithm in common/);
+  });
+
+  test('a server that offers only a SHA-1 key exchange: refused', async () => {
+    const hk = ed25519();
+    const port = await server(hk.priv, { kex: ['diffie-hellman-group14-sha1'] });
+    const e = await connectError(target(port), clientFiles([`[127.0.0.1]:${port} ${hk.pubLine}`]));
+    expect(e.message).toMatch(/no modern SSH algorithm in common/);
+  });
+});
+
+describe('host keys: revocation wins over pinning', () => {
+  test('the pinned key is the server\'s, but known_hosts marks it @revoked: refused, naming the revocation', async () => {
+    const hk = ed25519();
+    const port = await server(hk.priv);
+    const f = clientFiles([`@revoked * ${hk.pubLine}`]);
+    expect(parseKnownHosts(`@revoked * ${hk.pubLine}\n`)[0]!.key.equals(hk.blob)).toBe(true);
+    const e = await connectError(target(port, hk.pubLine), f);
+    expect(e.message).toMatch(/is marked @revoked in known_hosts \(offered ssh-ed25519 SHA256:/);
+  });
+
+  test('the same pinned key without a revocation connects', async () => {
+    const hk = ed25519();
+    const port = await server(hk.priv);
+    const t = await SshTransport.connect(target(port, hk.pubLine), { ...(() => { const f = clientFiles([]); return { identityFile: f.identityFile, knownHosts: [f.knownHosts] }; })() });
+    await t.close();
+  });
+
+  test('a pinned key that is not a key ("garbage"): a clear error before any connection, no crash', async () => {
+    const e = await connectError(target(1, 'garbage'), clientFiles([]));
+    expect(e.message).toMatch(/r1 \(127\.0\.0\.1:1\): pinned host key "garbage" is not an OpenSSH public key/);
+  });
+});
