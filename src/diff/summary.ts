@@ -7,6 +7,7 @@ import type { SaKeyId } from '../keys/kdf.js';
 import { formatIPv4 } from '../net/addr.js';
 import type { Change, Conflict, FieldChange } from './diff.js';
 import { orderChanges, phaseOf, type Phase } from './order.js';
+import { escapeControl } from '../util/text.js';
 
 export interface NodeChanges {
   node: string;
@@ -79,7 +80,8 @@ export function describeChange(c: Change): string {
   if (c.kind === 'state' && c.op === 'replace') line += c.keyMismatch ? ' (key differs: needs a new epoch)' : ' (needs a new epoch)';
   const comment = commentOf(c);
   if (comment) line += `  # ${comment}`;
-  return line;
+  // keys, fields and comments of observed objects are the router's text: one line, no escapes
+  return escapeControl(line).replace(/\n/g, '\\n');
 }
 
 /** The plan for several routers as text, changes in apply order. */
@@ -97,7 +99,7 @@ export function formatChanges(nodes: readonly NodeChanges[]): string {
       continue;
     }
     lines.push(`${n.node}: ${countsLine(c)}`);
-    for (const x of conflicts) lines.push(`  ! ${x.kind} ${x.key}: ${x.reason}`);
+    for (const x of conflicts) lines.push(escapeControl(`  ! ${x.kind} ${x.key}: ${x.reason}`).replace(/\n/g, '\\n'));
     for (const x of orderChanges(n.changes)) lines.push(`  ${describeChange(x)}`);
   }
   const conflicts = nodes.reduce((s, n) => s + (n.conflicts?.length ?? 0), 0);

@@ -7,6 +7,7 @@
  * that held one, into a record or an error message.
  */
 import { fingerprint } from '../keys/kdf.js';
+import { escapeControl } from '../util/text.js';
 import type { SaLimits } from '../keys/lifetimes.js';
 import { PROFILES } from '../keys/profiles.js';
 import type { CryptoProfileName } from '../topology/schema.js';
@@ -24,7 +25,7 @@ function num(token: string | undefined, what: string, line: number): number {
 
 /** A token safe to repeat in an error message: never a long hex run (key material). */
 function safeWord(t: string): string {
-  return /[0-9a-f]{9,}/i.test(t) ? '<hex>' : t.slice(0, 40);
+  return /[0-9a-f]{9,}/i.test(t) ? '<hex>' : escapeControl(t.slice(0, 40));
 }
 
 /** `key value key value` pairs of a line, for the fields that come in any order */

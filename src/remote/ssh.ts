@@ -8,6 +8,7 @@ const { Client } = ssh2;
 type Client = InstanceType<typeof Client>;
 import { fingerprintSha256, hostField, keyTypeOf, parseKnownHosts, parsePinnedKey, verifyHostKey, type KnownHostEntry } from './known-hosts.js';
 import { shellJoin, TransportError, type ExecOptions, type ExecResult, type Transport } from './transport.js';
+import { escapeControl } from '../util/text.js';
 
 export interface SshTarget {
   node: string;
@@ -18,6 +19,14 @@ export interface SshTarget {
   hostKey?: string;
 }
 
+/**
+ * The most a router's command may print, stdout and stderr together (a router with 10,000 SAs
+ * prints a few MiB): past it that command fails and only that router with it.
+ */
+export const MAX_COMMAND_OUTPUT = 64 * 1024 * 1024;
+/** The most of a router's stderr kept (it is only ever shown, escaped). */
+export const MAX_STDERR = 64 * 1024;
+
 export interface SshAuth {
   /** private key file; otherwise the agent at SSH_AUTH_SOCK */
   identityFile?: string;
@@ -26,6 +35,8 @@ export interface SshAuth {
   knownHosts: string[];
   connectTimeoutMs?: number;
   commandTimeoutMs?: number;
+  /** see MAX_COMMAND_OUTPUT */
+  maxOutputBytes?: number;
 }
 
 /**
@@ -68,6 +79,7 @@ export class SshTransport implements Transport {
     private readonly target: SshTarget,
     private readonly client: Client,
     private readonly commandTimeoutMs: number,
+    private readonly maxOutput: number = MAX_COMMAND_OUTPUT,
   ) {
     this.label = `${target.node} (ssh ${target.user}@${target.host}:${target.port})`;
   }
@@ -129,7 +141,10 @@ export class SshTransport implements Transport {
       });
       client.connect(cfg);
     });
-    return new SshTransport(target, client, auth.commandTimeoutMs ?? 120_000);
+    // every error the client reports after the handshake (a reset, a protocol error) fails
+    // only this router's commands, never the whole run
+    client.on('error', () => {});
+    return new SshTransport(target, client, auth.commandTimeoutMs ?? 120_000, auth.maxOutputBytes ?? MAX_COMMAND_OUTPUT);
   }
 
   exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
@@ -143,19 +158,44 @@ export class SshTransport implements Transport {
         }
         const out: Buffer[] = [];
         const errb: Buffer[] = [];
+        let size = 0;
+        let errSize = 0;
         let code: number | undefined;
-        const timer = setTimeout(() => {
+        let failed = false;
+        const fail = (e: TransportError) => {
+          if (failed) return;
+          failed = true;
+          clearTimeout(timer);
+          out.length = 0;
+          errb.length = 0;
           stream.close();
-          reject(new TransportError(this.target.node, `${this.label}: "${argv.join(' ')}" timed out after ${timeoutMs} ms`));
-        }, timeoutMs);
-        stream.on('data', (d: Buffer) => out.push(d));
-        stream.stderr.on('data', (d: Buffer) => errb.push(d));
+          reject(e);
+        };
+        const timer = setTimeout(() => fail(new TransportError(this.target.node, `${this.label}: "${argv.join(' ')}" timed out after ${timeoutMs} ms`)), timeoutMs);
+        const count = (n: number) => {
+          size += n;
+          if (size > this.maxOutput) fail(new TransportError(this.target.node, `${this.label}: "${argv.join(' ')}" printed more than ${this.maxOutput} bytes; stopped reading it`));
+        };
+        stream.on('data', (d: Buffer) => {
+          count(d.length);
+          if (!failed) out.push(d);
+        });
+        stream.stderr.on('data', (d: Buffer) => {
+          count(d.length);
+          if (!failed && errSize < MAX_STDERR) {
+            errb.push(d.subarray(0, MAX_STDERR - errSize));
+            errSize += d.length;
+          }
+        });
         stream.on('exit', (c: number | null) => {
           code = c ?? 255;
         });
+        stream.on('error', (e: Error) => fail(new TransportError(this.target.node, `${this.label}: ${escapeControl(e.message)}`, { cause: e })));
         stream.on('close', () => {
+          if (failed) return;
           clearTimeout(timer);
-          resolve({ exitCode: code ?? 255, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(errb).toString('utf8') });
+          // stderr is only shown to the operator: escaped once, here, for every caller
+          resolve({ exitCode: code ?? 255, stdout: Buffer.concat(out).toString('utf8'), stderr: escapeControl(Buffer.concat(errb).toString('utf8'), MAX_STDERR) });
         });
         stream.end(opts.stdin ?? '');
       });

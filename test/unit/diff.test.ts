@@ -374,3 +374,20 @@ describe('keys of objects', () => {
     expect(keys).toContain('policy out 0.0.0.0/0 -> 203.0.113.80/32');
   });
 });
+
+describe('a change line quotes what the router printed, escaped', () => {
+  test('control characters in a key or a field (an iptables comment, a chain name) never reach the terminal raw', () => {
+    const c: Change = {
+      op: 'replace',
+      kind: 'rule-order',
+      key: 'iptables filter ONIONCTL-\x1b[2JFORWARD',
+      desired: ['a'],
+      observed: ['b'],
+      fields: [{ field: 'order', from: '\x1b]52;c;cm0gLXJm\x07\nApply complete!', to: 'a' }],
+    };
+    const line = describeChange(c);
+    expect(line).not.toMatch(/[\x00-\x08\x0a-\x1f\x7f]/);
+    expect(line).toContain('ONIONCTL-\\x1b[2JFORWARD');
+    expect(line).toContain('\\x1b]52;c;cm0gLXJm\\x07\\nApply complete!');
+  });
+});

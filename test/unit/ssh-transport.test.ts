@@ -14,6 +14,7 @@ import ssh2 from 'ssh2';
 import { parseKnownHosts } from '../../src/remote/known-hosts.js';
 import { SSH_ALGORITHMS, SshTransport } from '../../src/remote/ssh.js';
 import { TransportError } from '../../src/remote/transport.js';
+import { escapeControl, isTerminalSafe } from '../../src/util/text.js';
 
 const { Server, utils } = ssh2;
 type ServerT = InstanceType<typeof Server>;
@@ -25,18 +26,20 @@ afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-/** An SSH server that accepts any public key and answers `echo` with "ok". */
-async function server(hostKey: string | Buffer, algorithms?: ssh2.ServerConfig['algorithms']): Promise<number> {
+type ExecStream = ssh2.ServerChannel;
+const answerOk = (stream: ExecStream) => {
+  stream.write('ok\n');
+  stream.exit(0);
+  stream.end();
+};
+
+/** An SSH server that accepts any public key and answers every command with `answer` ("ok" by default). */
+async function server(hostKey: string | Buffer, algorithms?: ssh2.ServerConfig['algorithms'], answer: (s: ExecStream) => void = answerOk): Promise<number> {
   const srv = new Server({ hostKeys: [hostKey], ...(algorithms ? { algorithms } : {}) }, (client) => {
     client.on('error', () => {});
     client.on('authentication', (ctx) => (ctx.method === 'publickey' ? ctx.accept() : ctx.reject(['publickey'])));
     client.on('session', (accept) => {
-      accept().once('exec', (acc) => {
-        const stream = acc();
-        stream.write('ok\n');
-        stream.exit(0);
-        stream.end();
-      });
+      accept().once('exec', (acc) => answer(acc()));
     });
   });
   servers.push(srv);
@@ -139,3 +142,56 @@ describe('host keys: revocation wins over pinning', () => {
     expect(e.message).toMatch(/r1 \(127\.0\.0\.1:1\): pinned host key "garbage" is not an OpenSSH public key/);
   });
 });
+
+describe('what a hostile router prints', () => {
+  async function connected(answer: (s: ExecStream) => void, maxOutputBytes?: number) {
+    const hk = ed25519();
+    const port = await server(hk.priv, undefined, answer);
+    const f = clientFiles([`[127.0.0.1]:${port} ${hk.pubLine}`]);
+    return SshTransport.connect(target(port), { identityFile: f.identityFile, knownHosts: [f.knownHosts], ...(maxOutputBytes ? { maxOutputBytes } : {}) });
+  }
+
+  test('terminal escapes on stderr (clear screen, a fake "Apply complete", OSC 52 clipboard) come back escaped', async () => {
+    const evil = '\x1b[2J\x1b[HApply complete!\x1b]52;c;cm0gLXJmIH4=\x07\u202eevil\n';
+    const t = await connected((st) => {
+      st.stderr.write(evil);
+      st.exit(1);
+      st.end();
+    });
+    try {
+      const r = await t.exec(['ip', '-batch', '-']);
+      expect(r.exitCode).toBe(1);
+      expect(isTerminalSafe(r.stderr)).toBe(true);
+      expect(r.stderr).toBe('\\x1b[2J\\x1b[HApply complete!\\x1b]52;c;cm0gLXJmIH4=\\x07\\u{202e}evil\n');
+    } finally {
+      await t.close();
+    }
+  });
+
+  test('a router that prints without end: that command fails once past the cap, and the controller stops reading', async () => {
+    const chunk = Buffer.alloc(64 * 1024, 0x41);
+    const t = await connected((st) => {
+      let sent = 0;
+      const pump = () => {
+        while (sent < 64 * 1024 * 1024 && st.write(chunk)) sent += chunk.length;
+        if (sent < 64 * 1024 * 1024) st.once('drain', pump);
+      };
+      st.on('error', () => {});
+      pump();
+    }, 1024 * 1024);
+    try {
+      const e = await t.exec(['ip', 'xfrm', 'state']).then(() => undefined, (x: unknown) => x);
+      expect(e).toBeInstanceOf(TransportError);
+      expect((e as Error).message).toMatch(/"ip xfrm state" printed more than 1048576 bytes; stopped reading it/);
+    } finally {
+      await t.close();
+    }
+  });
+
+  test('escapeControl: C0 (but newline and tab), DEL, C1 and bidi overrides escaped; long text bounded', () => {
+    expect(escapeControl('a\tb\nc\x00\x1b\x7f\x9b\u2066d')).toBe('a\tb\nc\\x00\\x1b\\x7f\\x9b\\u{2066}d');
+    expect(escapeControl('x'.repeat(50), 10)).toBe(`${'x'.repeat(10)}... (40 more characters)`);
+    expect(isTerminalSafe('plain text, tabs\tand\nlines')).toBe(true);
+  });
+});
+
