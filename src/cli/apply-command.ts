@@ -61,6 +61,20 @@ async function load(topology: string, opts: LiveOpts): Promise<Loaded> {
   return { net, paths, topologyText, stateText, state, fresh };
 }
 
+/**
+ * The lock first, then the state (a run that waited for another must see what that one wrote),
+ * then `body`; the lock is released however `body` ends, whatever it throws.
+ */
+async function locked<T>(topology: string, opts: LiveOpts, command: string, body: (l: Loaded, lock: Lock) => Promise<T>): Promise<T> {
+  const paths = defaultPaths(topology, opts);
+  const lock = await acquireLock(paths.state, command, { breakLock: opts.breakLock === true, note });
+  try {
+    return await body(await load(topology, opts), lock);
+  } finally {
+    await lock.release();
+  }
+}
+
 async function connect(net: Net, opts: LiveOpts, deps: LiveDeps): Promise<{ sessions: Sessions; parallel: number }> {
   const fo = fleetOptions(opts);
   const connector = deps.connector ? await deps.connector(net) : await sshConnector(net, fo);
@@ -302,14 +316,16 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
 }
 
 export async function applyCommand(topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
-  const l = await load(topology, opts);
+  return locked(topology, opts, `apply ${topology}${planPath ? ` ${planPath}` : ''}`, (l, lock) => applyLocked(l, lock, topology, planPath, opts, deps));
+}
+
+async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps): Promise<number> {
   const saved = planPath ? await readPlanFile(planPath) : undefined;
   if (saved) {
     if (saved.topology.sha256 !== sha256(l.topologyText)) throw new UserError(`the topology ${topology} changed since the plan ${planPath} was made; run plan --live --out again`);
     const now = l.stateText === undefined ? null : sha256(l.stateText);
     if (saved.stateBefore.sha256 !== now) throw new UserError(`the state ${l.paths.state} changed since the plan ${planPath} was made (another apply?); run plan --live --out again`);
   }
-  const lock = await acquireLock(l.paths.state, `apply ${topology}${planPath ? ` ${planPath}` : ''}`, { breakLock: opts.breakLock === true, note });
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
@@ -367,8 +383,10 @@ function sysctlKeysFor(net: Net, state: State, node: string): string[] {
 }
 
 export async function destroyCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
-  const l = await load(topology, opts);
-  const lock = await acquireLock(l.paths.state, `destroy ${topology}`, { breakLock: opts.breakLock === true, note });
+  return locked(topology, opts, `destroy ${topology}`, (l, lock) => destroyLocked(l, lock, topology, opts, deps));
+}
+
+async function destroyLocked(l: Loaded, lock: Lock, topology: string, opts: LiveOpts, deps: LiveDeps): Promise<number> {
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
@@ -456,8 +474,10 @@ export async function rekeyCommand(topology: string, opts: RekeyOpts, deps: Live
   const chosen = [opts.all, opts.due, (opts.circuit?.length ?? 0) > 0].filter(Boolean).length;
   if (chosen !== 1) throw new UserError('say which SAs to rekey: --circuit NAME (repeatable), --all, or --due');
   const grace = opts.grace ?? 30;
-  const l = await load(topology, opts);
-  const lock = await acquireLock(l.paths.state, `rekey ${topology}`, { breakLock: opts.breakLock === true, note });
+  return locked(topology, opts, `rekey ${topology}`, (l, lock) => rekeyLocked(l, lock, topology, opts, deps, grace));
+}
+
+async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyOpts, deps: LiveDeps, grace: number): Promise<number> {
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
@@ -534,8 +554,10 @@ export function parseDuration(v: string): number {
 export async function rotateCommand(topology: string, opts: RotateOpts, deps: LiveDeps = {}): Promise<number> {
   if ((opts.maxAge === undefined) === !(opts.circuit && opts.circuit.length > 0)) throw new UserError('say which circuits to rotate: --max-age DURATION or --circuit NAME (repeatable)');
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
-  const l = await load(topology, opts);
-  const lock = await acquireLock(l.paths.state, `rotate ${topology}`, { breakLock: opts.breakLock === true, note });
+  return locked(topology, opts, `rotate ${topology}`, (l, lock) => rotateLocked(l, lock, topology, opts, deps, maxAgeMs));
+}
+
+async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: RotateOpts, deps: LiveDeps, maxAgeMs: number | undefined): Promise<number> {
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {

@@ -415,3 +415,21 @@ describe('errors at the command line', () => {
     expect(readdirSync(dir).sort()).toEqual(['adir', 't.yaml']);
   });
 });
+
+describe('the state lock is released however a command fails', () => {
+  test.each(['apply', 'destroy', 'rekey', 'rotate'])('%s whose key secret cannot be opened (a directory): an error, and no lock left behind', async (cmd) => {
+    const dir = await fs.mkdtemp(path.join((await import('node:os')).tmpdir(), 'onionctl-lock-'));
+    try {
+      const state = path.join(dir, 'state.json');
+      const secretDir = path.join(dir, 'secret.d');
+      await fs.mkdir(secretDir);
+      const extra = cmd === 'rekey' ? ['--all'] : cmd === 'rotate' ? ['--max-age', '1h'] : [];
+      const r = await run([cmd, 'examples/three-mixes.yaml', ...extra, '--state', state, '--secret', secretDir, '--identity', path.join(dir, 'none')], { cwd: ROOT });
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      expect(existsSync(`${state}.lock`)).toBe(false);
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  });
+});

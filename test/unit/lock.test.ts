@@ -3,7 +3,7 @@
  */
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { acquireLock, describeLock, lockPath, type LockInfo } from '../../src/apply/lock.js';
@@ -95,6 +95,24 @@ describe('a lock someone holds', () => {
     expect(readInfo().pid).toBe(process.pid);
     expect(notes).toEqual([expect.stringMatching(new RegExp(`taking over a stale lock: ops@.* \\(pid ${pid}, "apply killed"\\) since 2024-01-01T00:00:00\\.000Z no longer runs`))]);
     await l.release();
+  });
+
+  test('two runs taking over one stale lock at once: exactly one gets it, every time (20 tries, and 4 runs at once)', async () => {
+    for (let i = 0; i < 20; i++) {
+      for (const runs of [2, 4]) {
+        writeInfo({ user: 'ops', host: os.hostname(), pid: deadPid(), since: '2024-01-01T00:00:00.000Z', command: 'apply killed' });
+        const results = await Promise.allSettled(Array.from({ length: runs }, (_, j) => acquireLock(state, `apply run${j}`)));
+        const won = results.filter((r) => r.status === 'fulfilled');
+        expect({ i, runs, won: won.length }).toEqual({ i, runs, won: 1 });
+        for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(UserError);
+        // the file names the winner, and no takeover mutex is left beside it
+        const winner = (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof acquireLock>>>).value;
+        expect(readInfo().command).toBe(winner.info.command);
+        expect(readdirSync(path.dirname(state)).filter((f) => f !== path.basename(lockPath(state)) && f.startsWith(path.basename(lockPath(state))))).toEqual([]);
+        await winner.release();
+        expect(existsSync(lockPath(state))).toBe(false);
+      }
+    }
   });
 
   test('--break-lock takes a live holder\'s lock, with a note naming it', async () => {
