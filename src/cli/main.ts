@@ -29,6 +29,7 @@ export function buildProgram(): Command {
     .description('Plan and push IPsec onion circuits (nested ESP tunnels through k mixes, SNAT at the exit) to Linux routers')
     .version(packageVersion())
     .showHelpAfterError()
+    .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
     .exitOverride();
 
   program
@@ -227,6 +228,15 @@ export interface PlanOpts {
   saveState: boolean;
 }
 
+/** Exit codes, as Terraform has them (README "Exit codes"). */
+export const EXIT_CODES_HELP = [
+  'Exit codes:',
+  '  0   success (with --detailed-exitcode: success and no changes)',
+  '  1   an error: bad input or usage, a router that could not be read or changed, a failed check',
+  '  2   only with plan --live --detailed-exitcode: success, and there are changes',
+  '  70  a bug in onionctl (an internal error)',
+].join('\n');
+
 export function reportError(e: unknown, err: (s: string) => void): number {
   if (e instanceof TopologyError) {
     for (const d of e.diagnostics) err(formatDiagnostic(d) + '\n');
@@ -237,7 +247,8 @@ export function reportError(e: unknown, err: (s: string) => void): number {
     err(`onionctl: error: ${e.message}\n`);
     return 1;
   }
-  if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 2;
+  // a usage error is an error (1): 2 means "changes" to CI pipelines using --detailed-exitcode
+  if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
   const msg = e instanceof Error ? e.message : String(e);
   err(`onionctl: internal error: ${msg}\n`);
   if (process.env.ONIONCTL_DEBUG && e instanceof Error && e.stack) err(e.stack + '\n');

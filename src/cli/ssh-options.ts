@@ -22,7 +22,7 @@ const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 export function addSshOptions(cmd: Command): Command {
   return cmd
     .option('--identity <file>', 'SSH private key (default: the ssh-agent at SSH_AUTH_SOCK, else ~/.ssh/id_ed25519, id_ecdsa or id_rsa)')
-    .option('--known-hosts <file>', 'known_hosts file to verify host keys against (repeatable; default ~/.ssh/known_hosts); a key pinned in the topology (ssh.hostKey) wins', collect)
+    .option('--known-hosts <file>', 'known_hosts file to verify host keys against (repeatable; default ~/.ssh/known_hosts); a key pinned in the topology (ssh.hostKey) wins, but a key marked @revoked there is always refused', collect)
     .option('--parallel <n>', 'routers handled at the same time', positiveInt(1000), 10)
     .option('--connect-timeout <seconds>', 'SSH connect timeout', positiveInt(3600), 10)
     .option('--command-timeout <seconds>', 'timeout of each remote command', positiveInt(86_400), 120);

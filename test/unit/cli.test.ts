@@ -384,9 +384,9 @@ describe('errors at the command line', () => {
     results = await runAll([...usage, ...oneLine].map((args) => ({ args, cwd: dir })));
   });
 
-  test.each(usage.map((u, i) => [u.join(' ') || '(no arguments)', i] as const))('usage error: %s exits non-zero without a stack trace', (_, i) => {
+  test.each(usage.map((u, i) => [u.join(' ') || '(no arguments)', i] as const))('usage error: %s exits 1 (never 2, which means "changes") without a stack trace', (_, i) => {
     const r = results[i]!;
-    expect(r.code).toBe(2);
+    expect(r.code).toBe(1);
     expectClean(r);
     expect(r.stderr).toMatch(/Usage: onionctl/);
     if (usage[i]!.length > 0) expect(r.stderr).toMatch(/^error: /m);
@@ -433,3 +433,14 @@ describe('the state lock is released however a command fails', () => {
     }
   });
 });
+
+describe('exit codes are documented where admins look', () => {
+  test('--help lists them; the README has the same table', async () => {
+    const r = await run(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/Exit codes:\n {2}0 {3}success.*\n {2}1 {3}an error.*\n {2}2 {3}only with plan --live --detailed-exitcode/);
+    const readme = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
+    expect(readme).toMatch(/## Exit codes[\s\S]*\| 1 \| an error[\s\S]*\| 2 \| only with `plan --live --detailed-exitcode`/);
+  });
+});
+
