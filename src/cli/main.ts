@@ -145,16 +145,17 @@ export function buildProgram(): Command {
     ['down', 'remove everything the lab created'],
     ['demo', 'up, test, down in one go'],
   ] as const) {
-    lab
-      .command(sub)
-      .description(desc)
-      .argument('<topology>', 'topology YAML file')
-      .option('--seed <seed>', 'reproducible path selection', seedArg)
-      .option('--json', 'machine-readable report (test)')
-      .option('--no-apply', 'up: build the lab but leave the nodes unconfigured (then: onionctl lab ctl TOPOLOGY apply)')
-      .option('--kernel <path>', 'up/demo: the User-Mode Linux kernel to boot, or "6.12" for the one scripts/uml-kernel.sh built (default: $ONIONCTL_UML, else linux.uml)')
-      .option('--xfrm-interface', 'up/demo: load xfrm_interface in the lab kernel (as route-based VPNs do on real routers), which makes newer kernels check nested ESP against dir-in policies')
-      .addOption(new Option('--inner', 'internal: the step that runs inside the lab\'s controller namespace').hideHelp())
+    const c = lab.command(sub).description(desc).argument('<topology>', 'topology YAML file');
+    // each subcommand lists the options it takes, and only those
+    const builds = sub === 'up' || sub === 'demo';
+    if (builds) c.option('--seed <seed>', 'reproducible path selection', seedArg);
+    if (sub === 'test' || sub === 'demo') c.option('--json', 'machine-readable report');
+    if (sub === 'up') c.option('--no-apply', 'build the lab but leave the nodes unconfigured (then: onionctl lab ctl TOPOLOGY apply)');
+    if (builds) {
+      c.option('--kernel <path>', 'the User-Mode Linux kernel to boot, or "6.12" for the one scripts/uml-kernel.sh built (default: $ONIONCTL_UML, else linux.uml)');
+      c.option('--xfrm-interface', 'load xfrm_interface in the lab kernel (as route-based VPNs do on real routers), which makes newer kernels check nested ESP against dir-in policies');
+    }
+    c.addOption(new Option('--inner', 'internal: the step that runs inside the lab\'s controller namespace').hideHelp())
       .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean; kernel?: string; xfrmInterface?: boolean }) => {
         process.exitCode = await (await import('./lab-command.js')).labCommand(sub as LabSub, topology, opts);
       });
@@ -258,6 +259,21 @@ export function reportError(e: unknown, err: (s: string) => void): number {
 
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
+  // commander answers `UNKNOWN --help` with the top-level help and exit 0: an unknown command is
+  // an error whatever follows it
+  const first = argv[0];
+  const known = (n: string) => n === 'help' || program.commands.some((c) => c.name() === n || c.aliases().includes(n));
+  if (first !== undefined && !first.startsWith('-') && !known(first) && argv.some((a) => a === '--help' || a === '-h')) {
+    process.stderr.write(`error: unknown command '${first.slice(0, 60).replace(/[^\x20-\x7e]/g, '?')}'\n\n${program.helpInformation()}`);
+    return 1;
+  }
+  // `lab ctl` passes everything after the command on (--live, --json ...), so commander's help
+  // option is off there; its own help is still asked for with `lab ctl --help`
+  if (first === 'lab' && argv[1] === 'ctl' && (argv[2] === '--help' || argv[2] === '-h')) {
+    const ctl = program.commands.find((c) => c.name() === 'lab')!.commands.find((c) => c.name() === 'ctl')!;
+    process.stdout.write(ctl.helpInformation());
+    return 0;
+  }
   try {
     await program.parseAsync(argv, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

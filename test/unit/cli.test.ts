@@ -444,3 +444,30 @@ describe('exit codes are documented where admins look', () => {
   });
 });
 
+
+describe('help where admins ask for it', () => {
+  test('lab ctl --help prints its usage and exits 0', async () => {
+    const r = await run(['lab', 'ctl', '--help']);
+    expect({ code: r.code, err: r.stderr }).toEqual({ code: 0, err: '' });
+    expect(r.stdout).toMatch(/^Usage: onionctl lab ctl <topology> <command> \[args\.\.\.\]/);
+  });
+
+  test('an unknown command followed by --help is an error, not the top-level help with exit 0', async () => {
+    const r = await run(['agent', '--help']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toMatch(/^error: unknown command 'agent'/);
+  });
+
+  test.each([
+    ['down', [], ['--seed', '--json', '--no-apply', '--kernel', '--xfrm-interface']],
+    ['test', ['--json'], ['--seed', '--no-apply', '--kernel', '--xfrm-interface']],
+    ['up', ['--seed', '--no-apply', '--kernel', '--xfrm-interface'], ['--json']],
+    ['demo', ['--seed', '--json', '--kernel', '--xfrm-interface'], ['--no-apply']],
+  ] as const)('lab %s --help lists the options it takes and no others', async (sub, has, hasNot) => {
+    const r = await run(['lab', sub, '--help']);
+    expect(r.code).toBe(0);
+    for (const o of has) expect(r.stdout).toContain(`  ${o}`);
+    for (const o of hasNot) expect(r.stdout).not.toContain(`  ${o}`);
+  });
+});
