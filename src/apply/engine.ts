@@ -20,6 +20,7 @@ import { buildConfigs } from '../spd/build.js';
 import type { State, StateEvent } from '../state/model.js';
 import { rekeySaInPlace, saRecord, saRefOfId, type SaRef } from '../state/reconcile.js';
 import type { Net } from '../topology/net.js';
+import type { RngFactory } from '../pathselect/rng.js';
 import type { Templates } from '../render/render.js';
 import { forEachSession, type Outcome, type Sessions } from '../remote/fleet.js';
 import { readRouter, type RemoteRead } from '../remote/read.js';
@@ -171,7 +172,8 @@ function retireLost(state: State, nodes: NodePlan[]): State | undefined {
   return s;
 }
 
-export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>, keys: KeySource): LivePlan {
+/** `rngFor` gives the nonces of the epochs this rekeys (liveRngFactory: the CSPRNG). */
+export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>, keys: KeySource, rngFor: RngFactory): LivePlan {
   let s = state;
   const rekeys: Rekey[] = [];
   for (let round = 0; ; round++) {
@@ -197,7 +199,7 @@ export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>
     for (const [id, reason] of [...due].sort(([a], [b]) => (a < b ? -1 : 1))) {
       const ref: SaRef | undefined = saRefOfId(next, id);
       if (!ref) continue;
-      const r = rekeySaInPlace(next, ref);
+      const r = rekeySaInPlace(next, ref, { rngFor });
       rekeys.push({ sa: id, reason, oldSpi: r.old.spi, newSpi: r.now.spi });
     }
     s = next;

@@ -10,16 +10,21 @@ import { acquireLock, type Lock } from '../apply/lock.js';
 import type { Change } from '../diff/diff.js';
 import { changeJson, countChanges, countsLine, describeChange, formatChanges, type Counts } from '../diff/summary.js';
 import { PROFILES } from '../keys/profiles.js';
-import { rngFactory } from '../pathselect/rng.js';
+import { liveRngFactory, rngFactory } from '../pathselect/rng.js';
+import { keyStoreId } from '../keys/kdf.js';
 import { computePlan } from '../plan/plan.js';
 import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
-import { describeEvent, StateSchema, type State } from '../state/model.js';
+import { describeEvent, emptyState, type State } from '../state/model.js';
+import { checkPlannedState } from '../state/check.js';
+import { MAX_SAVED_PLAN_BYTES, openPlan, SavedPlanError, sealPlan, stateDelta, type SavedPlan } from '../plan/saved.js';
+import { escapeControl } from '../util/text.js';
+import { behindMark, pushedBefore } from '../state/high-water.js';
 import { allSas, expireRetiring, rekeySaInPlace, rotateCircuits, type SaRef } from '../state/reconcile.js';
 import { scheduleFor } from '../apply/due.js';
 import { describeReason } from '../rekey/schedule.js';
 import type { Net } from '../topology/net.js';
-import { loadTemplates, packageVersion, saveState, UserError, writeFileAtomic } from '../util/files.js';
-import { defaultPaths, openKeys, readState, readTopology, type LoadedKeys, type Paths } from './context.js';
+import { loadTemplates, packageVersion, UserError, writeFileAtomic } from '../util/files.js';
+import { defaultPaths, highWater, openKeys, planKey, readState, readTopology, saveStateMarked, type BehindMode, type LoadedKeys, type Paths } from './context.js';
 import { cliProgress } from './progress.js';
 import { fleetOptions, type SshCliOptions } from './ssh-options.js';
 
@@ -34,6 +39,9 @@ export interface LiveOpts extends SshCliOptions {
   out?: string;
   detailedExitcode?: boolean;
   breakLock?: boolean;
+  acceptRestoredState?: boolean;
+  /** apply PLAN: refuse a plan older than this (a duration, e.g. 2h) */
+  maxPlanAge?: string;
 }
 
 /** Lets tests and the lab swap SSH for another transport. */
@@ -48,28 +56,31 @@ interface Loaded {
   stateText: string | undefined;
   state: State;
   fresh: boolean;
+  /** the state was behind its high-water mark and resumed (--accept-restored-state): save it even without changes */
+  resumed: boolean;
 }
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
-async function load(topology: string, opts: LiveOpts): Promise<Loaded> {
+/** `behind`: what a state behind its high-water mark means here (context.ts readState) */
+async function load(topology: string, opts: LiveOpts, behind: BehindMode = opts.acceptRestoredState ? 'resume' : 'refuse'): Promise<Loaded> {
   const paths = defaultPaths(topology, opts);
   const { net } = await readTopology(topology);
   const topologyText = await fs.readFile(topology, 'utf8');
   const stateText = await fs.readFile(paths.state, 'utf8').catch(() => undefined);
-  const { state, fresh } = await readState(paths);
-  return { net, paths, topologyText, stateText, state, fresh };
+  const { state, fresh, resumed } = await readState(paths, behind, note);
+  return { net, paths, topologyText, stateText, state, fresh, resumed: resumed === true };
 }
 
 /**
  * The lock first, then the state (a run that waited for another must see what that one wrote),
  * then `body`; the lock is released however `body` ends, whatever it throws.
  */
-async function locked<T>(topology: string, opts: LiveOpts, command: string, body: (l: Loaded, lock: Lock) => Promise<T>): Promise<T> {
+async function locked<T>(topology: string, opts: LiveOpts, command: string, body: (l: Loaded, lock: Lock) => Promise<T>, behind?: BehindMode): Promise<T> {
   const paths = defaultPaths(topology, opts);
   const lock = await acquireLock(paths.state, command, { breakLock: opts.breakLock === true, note });
   try {
-    return await body(await load(topology, opts), lock);
+    return await body(await load(topology, opts, behind), lock);
   } finally {
     await lock.release();
   }
@@ -104,38 +115,15 @@ function totals(nodes: NodePlan[]): Counts {
 // ------------------------------------------------------------------------------------------
 // the plan file
 
-const PlanFileSchema = z.object({
-  format: z.literal('onionctl-plan/v1'),
-  created: z.string(),
-  topology: z.object({ path: z.string(), sha256: z.string() }),
-  stateBefore: z.object({ path: z.string(), sha256: z.string().nullable() }),
-  state: StateSchema,
-  rekeys: z.array(z.string()),
-  events: z.array(z.string()),
-  summary: z.object({ add: z.number(), change: z.number(), destroy: z.number() }),
-  nodes: z.array(
-    z.object({
-      node: z.string(),
-      error: z.string().optional(),
-      digest: z.string().optional(),
-      changes: z.array(z.string()),
-      conflicts: z.array(z.string()),
-    }),
-  ),
-});
-type PlanFile = z.infer<typeof PlanFileSchema>;
-
 const changeLines = (cs: Change[]) => cs.map(describeChange).sort();
 
-function planFile(l: Loaded, live: LivePlan, events: string[]): PlanFile {
+function planFile(l: Loaded, live: LivePlan, now: Date): SavedPlan {
   return {
-    format: 'onionctl-plan/v1',
-    created: new Date().toISOString(),
+    created: now.toISOString(),
     topology: { path: l.paths.topology, sha256: sha256(l.topologyText) },
     stateBefore: { path: l.paths.state, sha256: l.stateText === undefined ? null : sha256(l.stateText) },
     state: live.state,
     rekeys: live.rekeys.map(describeRekey),
-    events,
     summary: totals(live.nodes),
     nodes: live.nodes.map((n) => ({
       node: n.node,
@@ -147,22 +135,26 @@ function planFile(l: Loaded, live: LivePlan, events: string[]): PlanFile {
   };
 }
 
-async function readPlanFile(file: string): Promise<PlanFile> {
+/** default --max-plan-age: a day; routers drift, and a plan is a decision made at one time */
+export const DEFAULT_MAX_PLAN_AGE_MS = 24 * 3600 * 1000;
+
+async function readPlanFile(file: string, key: Buffer, maxAgeMs: number): Promise<SavedPlan> {
   let text: string;
   try {
+    const st = await fs.stat(file);
+    if (!st.isFile()) throw new UserError(`plan ${file} is not a regular file`);
+    if (st.size > MAX_SAVED_PLAN_BYTES) throw new UserError(`plan ${file} is larger than any plan onionctl writes`);
     text = await fs.readFile(file, 'utf8');
   } catch (e) {
+    if (e instanceof UserError) throw e;
     throw new UserError(`cannot read plan ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  let j: unknown;
   try {
-    j = JSON.parse(text);
-  } catch {
-    throw new UserError(`${file} is not a plan written by onionctl plan --out (not JSON)`);
+    return openPlan(text, key, { now: new Date(), maxAgeMs });
+  } catch (e) {
+    if (e instanceof SavedPlanError) throw new UserError(`plan ${file} ${e.message}`);
+    throw e;
   }
-  const p = PlanFileSchema.safeParse(j);
-  if (!p.success) throw new UserError(`${file} is not a plan written by onionctl plan --out: ${p.error.issues[0]?.path.join('.')}: ${p.error.issues[0]?.message}`);
-  return p.data;
 }
 
 // ------------------------------------------------------------------------------------------
@@ -184,7 +176,7 @@ async function livePlan(
   const now = new Date().toISOString();
   const nodes = topologyNodes(l.net);
   const expired = expireRetiring(base, now);
-  const planned = computePlan({ net: l.net, state: expired.state, rngFor: rngFactory(opts.seed), now });
+  const planned = computePlan({ net: l.net, state: expired.state, rngFor: liveRngFactory(opts.seed), now });
   const progress = cliProgress(nodes);
   let reads: Map<string, NodeRead>;
   try {
@@ -200,7 +192,7 @@ async function livePlan(
     state = m.state;
     events.push(...m.events);
   }
-  const live = planAgainst(l.net, state, reads, keys.source);
+  const live = planAgainst(l.net, state, reads, keys.source, liveRngFactory(opts.seed));
   return { live, reads, events };
 }
 
@@ -234,7 +226,7 @@ export async function planLiveCommand(topology: string, opts: LiveOpts, deps: Li
       );
     } else printPlan(l, live, events);
     if (opts.out) {
-      await writeFileAtomic(opts.out, JSON.stringify(planFile(l, live, events), null, 2) + '\n', 0o600);
+      await writeFileAtomic(opts.out, sealPlan(planFile(l, live, new Date()), await planKey(l.paths)), 0o600);
       if (!opts.json) out(`Saved the plan to ${opts.out}; apply exactly it with: onionctl apply ${topology} ${opts.out}\n`);
     } else if (!opts.json) out('State not saved (plan --live is a dry run; use --out FILE and apply FILE to apply exactly this plan).\n');
     if (live.nodes.some((n) => n.error)) return 1;
@@ -285,10 +277,10 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
   // random keys: draw every new SA's key and store it (0600) before anything leaves this machine
   for (const n of live.nodes) for (const c of n.changes) if (c.kind === 'state' && c.op === 'add') keys.source.key(c.desired.key, PROFILES[c.desired.profile].keyBytes);
   const live_ids = new Set<string>();
-  for (const cfg of live.configs.values()) for (const s of cfg.states) live_ids.add(`${s.key.id}@${s.key.epoch}#${s.key.spi.toString(16)}`);
+  for (const cfg of live.configs.values()) for (const s of cfg.states) live_ids.add(keyStoreId(s.key));
   await keys.persist(l.net.keySource === 'random' ? live_ids : undefined);
   // the state (new circuits, new epochs, where each key goes) is saved before the first push
-  await saveState(l.paths.state, markInstalled(live.state, live.nodes, new Date().toISOString()));
+  await saveStateMarked(l.paths, markInstalled(live.state, live.nodes, new Date().toISOString()));
 
   const work = live.nodes.filter((n) => !n.error && n.changes.length > 0).map((n) => n.node);
   const progress = cliProgress(work);
@@ -320,11 +312,25 @@ export async function applyCommand(topology: string, planPath: string | undefine
 }
 
 async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps): Promise<number> {
-  const saved = planPath ? await readPlanFile(planPath) : undefined;
+  const saved = planPath ? await readPlanFile(planPath, await planKey(l.paths), opts.maxPlanAge !== undefined ? parseDuration(opts.maxPlanAge) : DEFAULT_MAX_PLAN_AGE_MS) : undefined;
   if (saved) {
     if (saved.topology.sha256 !== sha256(l.topologyText)) throw new UserError(`the topology ${topology} changed since the plan ${planPath} was made; run plan --live --out again`);
     const now = l.stateText === undefined ? null : sha256(l.stateText);
     if (saved.stateBefore.sha256 !== now) throw new UserError(`the state ${l.paths.state} changed since the plan ${planPath} was made (another apply?); run plan --live --out again`);
+    const hw = await highWater(l.paths);
+    const behind = behindMark(hw, saved.state);
+    if (behind || (l.fresh && pushedBefore(hw, saved.state))) {
+      throw new UserError(
+        `refusing to apply ${planPath}: its state was saved and pushed before (${behind ?? `the state it was planned from is gone, but its high-water mark in ${l.paths.highWater} is there`}); ` +
+          `applying it again could give routers keys they had before. Run plan --live --out again`,
+      );
+    }
+    // authentic is not enough: the state must be one the topology allows, planned from this state
+    const problems = checkPlannedState(l.net, l.fresh ? undefined : l.state, saved.state);
+    if (problems.length > 0) {
+      const shown = problems.slice(0, 10).map((x) => escapeControl(x));
+      throw new UserError(`refusing to apply ${planPath}: its state is not one onionctl would plan for ${topology}: ${shown.join('; ')}${problems.length > 10 ? `; and ${problems.length - 10} more` : ''}`);
+    }
   }
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
@@ -340,8 +346,9 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
       } finally {
         progress.finish();
       }
-      live = planAgainst(l.net, saved.state, reads, keys.source);
-      events = saved.events;
+      live = planAgainst(l.net, saved.state, reads, keys.source, liveRngFactory(undefined));
+      // recomputed from the two states, never the file's words
+      events = stateDelta(l.fresh ? emptyState(saved.state.salt) : l.state, saved.state).map(describeEvent);
       const changed: string[] = [];
       for (const n of saved.nodes) {
         if (n.error) continue;
@@ -365,7 +372,7 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
     }
     const t = totals(live.nodes);
     if (t.add + t.change + t.destroy === 0 && live.rekeys.length === 0) {
-      if (l.fresh || live.state.serial !== l.state.serial) await saveState(l.paths.state, live.state);
+      if (l.fresh || l.resumed || live.state.serial !== l.state.serial) await saveStateMarked(l.paths, live.state);
       out('\nNo changes: every router matches the plan.\n');
       return readErrors(live.nodes).length > 0 ? 1 : 0;
     }
@@ -383,7 +390,8 @@ function sysctlKeysFor(net: Net, state: State, node: string): string[] {
 }
 
 export async function destroyCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
-  return locked(topology, opts, `destroy ${topology}`, (l, lock) => destroyLocked(l, lock, topology, opts, deps));
+  // destroy installs no key: a state behind its mark is only reported
+  return locked(topology, opts, `destroy ${topology}`, (l, lock) => destroyLocked(l, lock, topology, opts, deps), 'warn');
 }
 
 async function destroyLocked(l: Loaded, lock: Lock, topology: string, opts: LiveOpts, deps: LiveDeps): Promise<number> {
@@ -491,7 +499,7 @@ async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyO
       const st = structuredClone(s);
       const events: string[] = [];
       for (const { ref, why } of picked) {
-        const r = rekeySaInPlace(st, ref, { retireUntil });
+        const r = rekeySaInPlace(st, ref, { retireUntil, rngFor: liveRngFactory(undefined) });
         events.push(`${refText(ref)}: spi 0x${r.old.spi.toString(16)} -> 0x${r.now.spi.toString(16)}, epoch ${r.now.epoch} (${why})`);
       }
       return { state: st, events };
@@ -567,7 +575,7 @@ async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: Rotat
       names = maxAgeMs !== undefined ? scheduleFor(l.net, s, new Map(), now, maxAgeMs / 1000).oldCircuits.map((c) => c.circuit) : opts.circuit!;
       for (const n of names) if (!s.circuits[n]) throw new UserError(`no circuit ${n} (circuits: ${Object.keys(s.circuits).join(', ') || 'none'})`);
       if (names.length === 0) return { state: s, events: [] };
-      const r = rotateCircuits(l.net, s, names, rngFactory(opts.seed ? `${opts.seed}/rotate/${now.toISOString()}` : undefined), now.toISOString());
+      const r = rotateCircuits(l.net, s, names, liveRngFactory(opts.seed ? `${opts.seed}/rotate/${now.toISOString()}` : undefined), now.toISOString());
       return { state: r.state, events: r.events.map(describeEvent) };
     });
     if (names.length === 0) {

@@ -56,7 +56,7 @@ export async function runAudit(topology: string, opts: AuditOpts): Promise<Audit
   if (opts.compromised && opts.compromisedFraction !== undefined) throw new UserError('give either --compromised or --compromised-fraction, not both');
   const paths = defaultPaths(topology, opts);
   const { net } = await readTopology(topology);
-  const { state: stored, fresh } = await readState(paths);
+  const { state: stored, fresh } = await readState(paths, 'warn', (s) => process.stderr.write(`onionctl: ${s}\n`));
   const plan = computePlan({ net, state: stored, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
 
   const notes: string[] = [];

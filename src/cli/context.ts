@@ -9,24 +9,30 @@ import { parseTopology } from '../topology/load.js';
 import { buildNet, type Net } from '../topology/net.js';
 import type { Topology } from '../topology/schema.js';
 import type { State } from '../state/model.js';
-import { loadKeyStore, loadOrCreateSecret, loadState, UserError, writeFileAtomic } from '../util/files.js';
+import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveHighWater, saveState, UserError, writeFileAtomic } from '../util/files.js';
+import { planMacKey } from '../plan/saved.js';
+import { behindMark, raiseMark, resumeBehind, type HighWater } from '../state/high-water.js';
 
 export interface Paths {
   topology: string;
   state: string;
   secret: string;
   keyStore: string;
+  /** the high-water mark of the states saved here (state/high-water.ts), beside the secret */
+  highWater: string;
 }
 
 export function defaultPaths(topology: string, o: { state?: string; secret?: string }): Paths {
   const dir = path.dirname(topology);
   const base = path.basename(topology).replace(/\.ya?ml$/i, '');
   const state = o.state ?? path.join(dir, `${base}.state.json`);
+  const secret = o.secret ?? path.join(dir, `${base}.secret`);
   return {
     topology,
     state,
-    secret: o.secret ?? path.join(dir, `${base}.secret`),
+    secret,
     keyStore: state.replace(/\.json$/, '') + '.keys.json',
+    highWater: `${secret}.high-water.json`,
   };
 }
 
@@ -41,8 +47,49 @@ export async function readTopology(file: string): Promise<{ topology: Topology; 
   return { topology, net: buildNet(topology) };
 }
 
-export async function readState(p: Paths): Promise<{ state: State; fresh: boolean }> {
-  return loadState(p.state);
+/**
+ * What to do with a state that is behind its high-water mark: `refuse` (every command that saves
+ * the state or pushes), `resume` (the operator passed --accept-restored-state), `warn` (commands
+ * that only read).
+ */
+export type BehindMode = 'refuse' | 'resume' | 'warn';
+
+export async function readState(p: Paths, behind: BehindMode = 'warn', note: (s: string) => void = () => {}): Promise<{ state: State; fresh: boolean; resumed?: boolean }> {
+  const loaded = await loadState(p.state);
+  if (loaded.fresh) return loaded;
+  const hw = await loadHighWater(p.highWater);
+  const why = behindMark(hw, loaded.state);
+  if (!why) return loaded;
+  if (behind === 'resume') {
+    note(`the state ${p.state} is behind its high-water mark (${why}); going on from it as asked: SPIs continue past every one handed out before, and every SA a node lacks gets a new key`);
+    return { state: resumeBehind(hw, loaded.state), fresh: false, resumed: true };
+  }
+  const text =
+    `the state ${p.state} is behind what was saved before (${why}; the mark is in ${p.highWater}): it was restored from a backup, ` +
+    `or copied from another controller. Installing from it could give routers keys they had before`;
+  if (behind === 'warn') {
+    note(`${text}; shown as it is`);
+    return loaded;
+  }
+  throw new UserError(`${text}; nothing was done. If this is the state to go on from, run again with --accept-restored-state: SPIs then continue past every one handed out before, and every SA that a router lacks gets a new key`);
+}
+
+/** Saves the state, then raises the high-water mark to it (in that order: a crash between leaves the mark behind, never ahead). */
+export async function saveStateMarked(p: Paths, state: State): Promise<void> {
+  await saveState(p.state, state);
+  const hw = await loadHighWater(p.highWater);
+  const raised = raiseMark(hw, state, new Date().toISOString());
+  if (raised !== hw) await saveHighWater(p.highWater, raised);
+}
+
+/** The key that authenticates saved plans (plan/saved.ts), from the key secret (created 0600 if missing). */
+export async function planKey(p: Paths): Promise<Buffer> {
+  return planMacKey((await loadOrCreateSecret(p.secret)).secret);
+}
+
+/** The mark, for checks on a saved plan's state. */
+export async function highWater(p: Paths): Promise<HighWater> {
+  return loadHighWater(p.highWater);
 }
 
 export interface LoadedKeys {

@@ -46,7 +46,7 @@ export async function renderDot(dot: string, format: 'svg' | 'png', bin = proces
 export async function graphOutput(topology: string, opts: GraphOpts): Promise<string | Buffer> {
   const paths = defaultPaths(topology, opts);
   const { topology: topo, net } = await readTopology(topology);
-  const { state, fresh } = await readState(paths);
+  const { state, fresh } = await readState(paths, 'warn', (s) => process.stderr.write(`onionctl: ${s}\n`));
   const plan = computePlan({ net, state, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
   const pathsFrom = fresh
     ? `paths not saved (no state file${opts.seed !== undefined ? `; --seed ${opts.seed}` : ''})`

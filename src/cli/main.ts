@@ -53,7 +53,8 @@ export function buildProgram(): Command {
     .option('--no-save-state', 'do not write the state file (dry run)')
     .option('--live', 'read every router over SSH and show what apply would change (+ add, ~ change, - destroy); never writes the state')
     .option('--out <file>', 'with --live: save the plan; `apply TOPOLOGY FILE` applies exactly it')
-    .option('--detailed-exitcode', 'with --live: exit 2 when there are changes, 0 when there are none');
+    .option('--detailed-exitcode', 'with --live: exit 2 when there are changes, 0 when there are none')
+    .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key');
   addSshOptions(plan).action(async (topology: string, opts: PlanOpts & LiveOpts & { live?: boolean }) => {
     if (opts.live || opts.out || opts.detailedExitcode) {
       if (!opts.live) throw new UserError('--out and --detailed-exitcode need --live (they describe changes on the routers)');
@@ -72,6 +73,8 @@ export function buildProgram(): Command {
     .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
+    .option('--max-plan-age <duration>', 'with PLAN: refuse a plan older than this (90s, 10m, 2h, 1d; default 1d)')
+    .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key')
     .option('--break-lock', 'take the state lock even though another run holds it');
   addSshOptions(apply).action(async (topology: string, planFile: string | undefined, opts: LiveOpts) => {
     process.exitCode = await (await import('./apply-command.js')).applyCommand(topology, planFile, opts);
@@ -92,6 +95,7 @@ export function buildProgram(): Command {
     .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
+    .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key')
     .option('--break-lock', 'take the state lock even though another run holds it');
   addSshOptions(rekey).action(async (topology: string, opts: LiveOpts & { circuit?: string[]; all?: boolean; due?: boolean; grace?: number }) => {
     process.exitCode = await (await import('./apply-command.js')).rekeyCommand(topology, opts);
@@ -106,6 +110,7 @@ export function buildProgram(): Command {
     .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--seed <seed>', 'reproducible path selection', seedArg)
+    .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key')
     .option('--break-lock', 'take the state lock even though another run holds it');
   addSshOptions(rotate).action(async (topology: string, opts: LiveOpts & { circuit?: string[]; maxAge?: string }) => {
     process.exitCode = await (await import('./apply-command.js')).rotateCommand(topology, opts);
@@ -227,6 +232,7 @@ export interface PlanOpts {
   withKeys?: boolean;
   json?: boolean;
   saveState: boolean;
+  acceptRestoredState?: boolean;
 }
 
 /** Exit codes, as Terraform has them (README "Exit codes"). */

@@ -1,10 +1,11 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { rngFactory } from '../pathselect/rng.js';
+import { keyStoreId } from '../keys/kdf.js';
 import { computePlan, filesDigest, planJson, planText, renderAll } from '../plan/plan.js';
 import type { RenderedFile } from '../render/render.js';
-import { loadTemplates, packageVersion, saveState, UserError, writeFileAtomic } from '../util/files.js';
-import { defaultPaths, openKeys, readState, readTopology } from './context.js';
+import { loadTemplates, packageVersion, UserError, writeFileAtomic } from '../util/files.js';
+import { defaultPaths, openKeys, readState, readTopology, saveStateMarked } from './context.js';
 import type { PlanOpts } from './main.js';
 
 const out = (s: string) => process.stdout.write(s);
@@ -48,13 +49,18 @@ export async function planCommand(topology: string, opts: PlanOpts): Promise<num
   if (opts.withKeys && !opts.outDir) throw new UserError('--with-keys writes key files and needs --out-dir');
   const paths = defaultPaths(topology, opts);
   const { net } = await readTopology(topology);
-  const { state, fresh } = await readState(paths);
+  // a state behind its high-water mark may not be saved nor give keys; a dry run only says so
+  const writes = opts.saveState || opts.withKeys === true;
+  const { state, fresh, resumed } = await readState(paths, writes ? (opts.acceptRestoredState ? 'resume' : 'refuse') : 'warn', note);
   const plan = computePlan({ net, state, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
 
   // Allocations are decisions: persist them before any key derived from them is written out,
   // so SPI counters only ever move forward.
-  if (opts.saveState && (fresh || plan.events.length > 0)) {
-    await saveState(paths.state, plan.state);
+  if (opts.withKeys && !opts.saveState && (fresh || plan.events.length > 0)) {
+    throw new UserError('--with-keys with --no-save-state would write keys of SAs the state does not keep (a later plan could hand their SPIs out again); save the state, or leave out --with-keys');
+  }
+  if (opts.saveState && (fresh || resumed || plan.events.length > 0)) {
+    await saveStateMarked(paths, plan.state);
   }
   const keys = await openKeys(net, plan.state, paths);
   if (keys.note) note(keys.note);
@@ -67,7 +73,7 @@ export async function planCommand(topology: string, opts: PlanOpts): Promise<num
   }
   if (net.keySource === 'random') {
     const live = new Set<string>();
-    for (const cfg of plan.configs.values()) for (const s of cfg.states) live.add(`${s.key.id}@${s.key.epoch}#${s.key.spi.toString(16)}`);
+    for (const cfg of plan.configs.values()) for (const s of cfg.states) live.add(keyStoreId(s.key));
     await keys.persist(live);
   }
 

@@ -100,7 +100,7 @@ export async function runStatus(topology: string, opts: StatusOpts, deps: Status
   const now = deps.now ?? (() => new Date());
   const paths = defaultPaths(topology, opts);
   const { net } = await readTopology(topology);
-  const { state: stored, fresh } = await readState(paths);
+  const { state: stored, fresh } = await readState(paths, 'warn', (s) => process.stderr.write(`onionctl: ${s}\n`));
   if (fresh) throw new UserError(`no state file ${paths.state}: nothing has been applied from it (run \`onionctl apply ${topology}\` first, or give --state)`);
 
   const { configs, state, circuits, notes } = storedConfigs(net, stored);

@@ -3,8 +3,10 @@
  *  - kdf (default): HKDF-SHA256 over a 32-byte secret kept in a 0600 file, salted with the
  *    state's random salt, with the SA's identity, epoch and SPI as info. Nothing per SA is
  *    stored; the same state and secret always give the same key, and a new epoch or SPI always
- *    gives a new one. If the state file is lost, a new state has a new salt, so no old key comes
- *    back.
+ *    gives a new one. Each epoch also has 16 random bytes of its own (the nonce, drawn when the
+ *    epoch is allocated and saved before any push), so that a state put back from a backup that
+ *    hands out the same SPI and epoch again still gets a new key. If the state file is lost, a
+ *    new state has a new salt, so no old key comes back.
  *  - random: each key is drawn from the CSPRNG once and kept in a 0600 key store file.
  *
  * Keys never leave this module except towards an apply script (0600) or the kernel; plans and
@@ -17,6 +19,8 @@ export interface SaKeyId {
   id: string;
   epoch: number;
   spi: number;
+  /** the epoch's random nonce (state/model.ts); absent for epochs allocated before it existed */
+  nonce?: string;
 }
 
 export interface KeySource {
@@ -24,7 +28,8 @@ export interface KeySource {
 }
 
 export function kdfInfo(sa: SaKeyId, bytes: number): string {
-  return `onionctl/sa-key/v1\0${sa.id}\0epoch=${sa.epoch}\0spi=${sa.spi}\0len=${bytes}`;
+  if (sa.nonce === undefined) return `onionctl/sa-key/v1\0${sa.id}\0epoch=${sa.epoch}\0spi=${sa.spi}\0len=${bytes}`;
+  return `onionctl/sa-key/v2\0${sa.id}\0epoch=${sa.epoch}\0spi=${sa.spi}\0nonce=${sa.nonce}\0len=${bytes}`;
 }
 
 export class KdfKeySource implements KeySource {
@@ -46,8 +51,9 @@ export function fingerprint(key: Buffer): string {
   return createHash('sha256').update('onionctl/key-fingerprint/v1\0').update(key).digest('hex').slice(0, 12);
 }
 
+/** The key store's name for an SA epoch's key: a new nonce is a new entry, hence a new key. */
 export function keyStoreId(sa: SaKeyId): string {
-  return `${sa.id}@${sa.epoch}#${sa.spi.toString(16)}`;
+  return `${sa.id}@${sa.epoch}#${sa.spi.toString(16)}${sa.nonce === undefined ? '' : `~${sa.nonce}`}`;
 }
 
 /**

@@ -66,3 +66,26 @@ export function rngFactory(seed: string | undefined): RngFactory {
   }
   return (label) => new SeededRng(seed, label);
 }
+
+/**
+ * An SA epoch's nonce (16 bytes, hex) from `rng`: four uniform 32-bit draws. Drawn from the
+ * factory under the label `sa-nonce/...`, so `--seed` makes it reproducible for offline plans.
+ */
+export function drawNonce(rng: Rng): string {
+  let out = '';
+  for (let i = 0; i < 4; i++) out += rng.int(2 ** 32).toString(16).padStart(8, '0');
+  return out;
+}
+
+export const NONCE_LABEL = 'sa-nonce/';
+
+/**
+ * For commands that push (apply, rekey, rotate, plan --live): `--seed` still makes the paths
+ * reproducible, but every nonce comes from the CSPRNG. A seed is a value people reuse and write
+ * into scripts; a nonce derived from it would come back with a state restored from a backup.
+ */
+export function liveRngFactory(seed: string | undefined): RngFactory {
+  const paths = rngFactory(seed);
+  const fresh = cryptoRng();
+  return (label) => (label.startsWith(NONCE_LABEL) ? fresh : paths(label));
+}

@@ -72,16 +72,16 @@ export function renderAll(
  * Every SA is installed, and so rendered, on both of its ends: derive each key once per render
  * pass instead of twice (HKDF was the largest single cost of rendering a big plan). buildConfigs
  * gives both ends the same SaKeyId object, so the cache is keyed by that object; a hit also
- * needs equal id, epoch, SPI and length, so a different SA can never get this one's key.
+ * needs equal id, epoch, SPI, nonce and length, so a different SA can never get this one's key.
  */
 function memoKeys(keys: KeySource): KeySource {
-  const cache = new WeakMap<SaKeyId, { id: string; epoch: number; spi: number; bytes: number; key: Buffer }>();
+  const cache = new WeakMap<SaKeyId, { id: string; epoch: number; spi: number; nonce: string | undefined; bytes: number; key: Buffer }>();
   return {
     key(sa, bytes) {
       const hit = cache.get(sa);
-      if (hit && hit.id === sa.id && hit.epoch === sa.epoch && hit.spi === sa.spi && hit.bytes === bytes) return hit.key;
+      if (hit && hit.id === sa.id && hit.epoch === sa.epoch && hit.spi === sa.spi && hit.nonce === sa.nonce && hit.bytes === bytes) return hit.key;
       const key = keys.key(sa, bytes);
-      cache.set(sa, { id: sa.id, epoch: sa.epoch, spi: sa.spi, bytes, key });
+      cache.set(sa, { id: sa.id, epoch: sa.epoch, spi: sa.spi, nonce: sa.nonce, bytes, key });
       return key;
     },
   };

@@ -86,13 +86,13 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       lifetime: opts.lifetime,
       ...(sa.tfcpad !== undefined ? { tfcpad: sa.tfcpad } : {}),
       profile: net.crypto,
-      key: { id: sa.id, epoch: sa.rec.epoch, spi: sa.rec.spi },
+      key: { id: sa.id, epoch: sa.rec.epoch, spi: sa.rec.spi, ...(sa.rec.nonce !== undefined ? { nonce: sa.rec.nonce } : {}) },
       comment: sa.comment,
     };
     for (const n of nodes) cfg(n).states.push(st);
     // make-before-break: the previous epoch stays on both ends until its grace period ends
     for (const old of sa.rec.retiring ?? []) {
-      const prev: XfrmState = { ...st, spi: old.spi, key: { id: sa.id, epoch: old.epoch, spi: old.spi }, comment: `${sa.comment} (previous key, retiring)` };
+      const prev: XfrmState = { ...st, spi: old.spi, key: { id: sa.id, epoch: old.epoch, spi: old.spi, ...(old.nonce !== undefined ? { nonce: old.nonce } : {}) }, comment: `${sa.comment} (previous key, retiring)` };
       for (const n of nodes) cfg(n).states.push(prev);
     }
   };

@@ -17,6 +17,13 @@ const sa = z.strictObject({
   /** incremented each time the SA is (re)created; part of the key derivation */
   epoch: z.number().int().min(1),
   /**
+   * 16 random bytes (hex) drawn when this epoch was allocated, part of the key derivation: a
+   * state restored from a backup, or a second controller with a copy of the state, that hands
+   * out the same SPI and epoch again still derives a different key. Absent in states written
+   * before it existed (their keys stay as they were; every new epoch gets one).
+   */
+  nonce: z.string().regex(/^[0-9a-f]{32}$/).optional(),
+  /**
    * nodes this epoch's key has been pushed to (recorded before the push). An SA missing from one
    * of them later (a reboot, a manual delete) is never installed there again with this key: it
    * gets a new epoch and SPI, because its sequence numbers (GCM nonces) would start over.
@@ -30,7 +37,7 @@ const sa = z.strictObject({
    * removed once `until` has passed
    */
   retiring: z
-    .array(z.strictObject({ spi: z.number().int().min(SPI_BASE).max(SPI_LAST), epoch: z.number().int().min(1), until: z.string(), installed: z.array(z.string()).optional() }))
+    .array(z.strictObject({ spi: z.number().int().min(SPI_BASE).max(SPI_LAST), epoch: z.number().int().min(1), nonce: z.string().regex(/^[0-9a-f]{32}$/).optional(), until: z.string(), installed: z.array(z.string()).optional() }))
     .optional(),
 });
 export type SaRecord = z.infer<typeof sa>;

@@ -11,7 +11,7 @@
  */
 import { cidrContainsAddr, formatIPv4, parseIPv4, poolHosts } from '../net/addr.js';
 import { PathSpace, constraintsFor, selectPath } from '../pathselect/select.js';
-import type { RngFactory } from '../pathselect/rng.js';
+import { drawNonce, NONCE_LABEL, type RngFactory } from '../pathselect/rng.js';
 import { linkKey, type CircuitDef, type Net } from '../topology/net.js';
 import { REQID_LAST, SPI_LAST, type CircuitState, type SaRecord, type State, type StateEvent } from './model.js';
 
@@ -22,11 +22,17 @@ export class PlanError extends Error {
   }
 }
 
-function allocSa(s: State): SaRecord {
+/** A new epoch's nonce: from the injected randomness (the CSPRNG for every command that pushes). */
+export function epochNonce(rngFor: RngFactory, salt: string, spi: number, epoch: number): string {
+  return drawNonce(rngFor(`${NONCE_LABEL}${salt}/${spi.toString(16)}/${epoch}`));
+}
+
+function allocSa(s: State, rngFor: RngFactory): SaRecord {
   if (s.next.spi > SPI_LAST || s.next.reqid > REQID_LAST) {
     throw new PlanError('the state has used up onionctl\'s SPI range; start a new state file (every SA will be re-created with fresh keys)');
   }
-  return { spi: s.next.spi++, reqid: s.next.reqid++, epoch: 1, installed: [] };
+  const spi = s.next.spi++;
+  return { spi, reqid: s.next.reqid++, epoch: 1, nonce: epochNonce(rngFor, s.salt, spi, 1), installed: [] };
 }
 
 /** Identity of an SA, stable across plans; part of key derivation. */
@@ -55,7 +61,7 @@ export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string
   }
   for (const [k, [a, b]] of wanted) {
     if (!s.links[k]) {
-      s.links[k] = { a, b, ab: allocSa(s), ba: allocSa(s) };
+      s.links[k] = { a, b, ab: allocSa(s, rngFor), ba: allocSa(s, rngFor) };
       events.push({ kind: 'link-added', link: k });
     }
   }
@@ -124,8 +130,8 @@ export function reconcile(net: Net, prev: State, rngFor: RngFactory, now: string
       to: def.to.map((c) => `${formatIPv4(c.base)}/${c.len}`),
       generation,
       created: now,
-      fwd: hops.map(() => allocSa(s)),
-      rev: hops.map(() => allocSa(s)),
+      fwd: hops.map(() => allocSa(s, rngFor)),
+      rev: hops.map(() => allocSa(s, rngFor)),
     };
     s.circuits[def.name] = cs;
     if (old) events.push({ kind: 'circuit-repathed', circuit: def.name, hops, from: old.hops, reason });
@@ -151,7 +157,8 @@ function age(from: string, to: string): string {
   return min < 120 ? `${min} min` : `${Math.round(min / 60)} h`;
 }
 
-function invalidReason(net: Net, def: CircuitDef, cur: CircuitState): string | undefined {
+/** Why a stored circuit can no longer run as it is (undefined: it can). */
+export function invalidReason(net: Net, def: CircuitDef, cur: CircuitState): string | undefined {
   if (cur.client !== def.client) return `client changed from ${cur.client} to ${def.client}`;
   if (cur.hops.length !== def.hops) return `hop count changed from ${cur.hops.length} to ${def.hops}`;
   const why = new PathSpace(net, constraintsFor(net, def)).isEligible(cur.hops);
@@ -167,10 +174,17 @@ export type SaRef = { circuit: string; hop: number; dir: 'fwd' | 'rev' } | { lin
 
 /**
  * Re-creates one SA: a new SPI from the counter and the next epoch, same reqid (so the policies
- * that point at it stay as they are). The key derivation covers epoch and SPI, so the SA never
- * comes back with a key it used before. Both ends must then install the new SA together.
+ * that point at it stay as they are). The key derivation covers epoch, SPI and a fresh nonce, so
+ * the SA never comes back with a key it used before. Both ends must then install the new SA together.
  */
-export function rekeySa(prev: State, ref: SaRef, opts: { retireUntil?: string } = {}): { state: State; old: SaRecord; now: SaRecord } {
+export interface RekeyOpts {
+  /** make-before-break: keep the previous epoch installed until this ISO time */
+  retireUntil?: string;
+  /** where the new epoch's nonce comes from */
+  rngFor: RngFactory;
+}
+
+export function rekeySa(prev: State, ref: SaRef, opts: RekeyOpts): { state: State; old: SaRecord; now: SaRecord } {
   const s: State = structuredClone(prev);
   return { state: s, ...rekeySaInPlace(s, ref, opts) };
 }
@@ -180,7 +194,7 @@ export function rekeySa(prev: State, ref: SaRef, opts: { retireUntil?: string } 
  * copy of the state, not one per SA (a copy per SA made planning quadratic: ~40 s for the 2,600
  * SAs of a 4-router, 640-circuit network after a destroy, ~190 s for twice that).
  */
-export function rekeySaInPlace(s: State, ref: SaRef, opts: { retireUntil?: string } = {}): { old: SaRecord; now: SaRecord } {
+export function rekeySaInPlace(s: State, ref: SaRef, opts: RekeyOpts): { old: SaRecord; now: SaRecord } {
   let rec: SaRecord | undefined;
   if ('circuit' in ref) {
     const c = s.circuits[ref.circuit];
@@ -193,10 +207,11 @@ export function rekeySaInPlace(s: State, ref: SaRef, opts: { retireUntil?: strin
   if (s.next.spi > SPI_LAST) throw new PlanError('the state has used up onionctl\'s SPI range');
   if (opts.retireUntil !== undefined) {
     // make-before-break: the old epoch stays installed (where it was) until the grace ends
-    rec.retiring = [...(rec.retiring ?? []), { spi: rec.spi, epoch: rec.epoch, until: opts.retireUntil, ...(rec.installed ? { installed: rec.installed } : {}) }];
+    rec.retiring = [...(rec.retiring ?? []), { spi: rec.spi, epoch: rec.epoch, ...(rec.nonce !== undefined ? { nonce: rec.nonce } : {}), until: opts.retireUntil, ...(rec.installed ? { installed: rec.installed } : {}) }];
   }
   rec.spi = s.next.spi++;
   rec.epoch += 1;
+  rec.nonce = epochNonce(opts.rngFor, s.salt, rec.spi, rec.epoch);
   rec.installed = [];
   delete rec.since;
   s.serial += 1;

@@ -6,6 +6,7 @@ import { constants, existsSync, promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { StateSchema, emptyState, type State } from '../state/model.js';
+import { HighWaterSchema, emptyHighWater, type HighWater } from '../state/high-water.js';
 import type { Templates } from '../render/render.js';
 
 export class UserError extends Error {
@@ -103,6 +104,31 @@ export async function loadState(file: string): Promise<{ state: State; fresh: bo
 
 export async function saveState(file: string, state: State): Promise<void> {
   await writeFileAtomic(file, JSON.stringify(state, null, 2) + '\n', 0o600);
+}
+
+/** The high-water mark file (state/high-water.ts); absent: no state was saved beside this secret yet. */
+export async function loadHighWater(file: string): Promise<HighWater> {
+  if (!(await exists(file))) return emptyHighWater();
+  await checkPrivate(file, 'high-water mark');
+  const st = await fs.stat(file);
+  if (st.size > 16 * 1024 * 1024) throw new UserError(`high-water mark ${file} is larger than 16 MiB; it is not onionctl's`);
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await fs.readFile(file, 'utf8'));
+  } catch (e) {
+    throw new UserError(`high-water mark ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  const parsed = HighWaterSchema.safeParse(raw);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0]!;
+    throw new UserError(`high-water mark ${file} is damaged at ${i.path.join('.') || '(top)'}: ${i.message}`);
+  }
+  return parsed.data;
+}
+
+export async function saveHighWater(file: string, hw: HighWater): Promise<void> {
+  await fs.mkdir(path.dirname(file), { recursive: true });
+  await writeFileAtomic(file, JSON.stringify(hw, null, 2) + '\n', 0o600);
 }
 
 export async function loadKeyStore(file: string): Promise<Record<string, string>> {

@@ -33,6 +33,9 @@ import { containsKey, emptyConfig, plannedKeysHex } from '../helpers/apply.js';
 import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
 import { K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
 
+/** nonces for the epochs planAgainst/rekeySa allocate (reproducible in tests) */
+const NONCES = rngFactory('test-nonces');
+
 const unavailable = whyNoNetns();
 if (unavailable) console.warn(`SKIPPING kernel apply test: ${unavailable}`);
 const describeKernel = unavailable ? describe.skip : describe;
@@ -199,7 +202,7 @@ describeKernel.each(CASES)('apply and destroy $name in network namespaces', ({ n
       expect(r.observed!.policies!.owned).toEqual([]);
       expect(r.observed!.policies!.foreign.map((p) => p.priority).sort()).toEqual([100, 20223, 50].sort());
     }
-    const live = planAgainst(net, plan.state, reads, keys);
+    const live = planAgainst(net, plan.state, reads, keys, NONCES);
     expect(live.rekeys).toEqual([]);
     expect(live.nodes.every((n) => n.conflicts.length === 0 && n.changes.length > 0)).toBe(true);
     const results = await push(live, reads);
@@ -215,7 +218,7 @@ describeKernel.each(CASES)('apply and destroy $name in network namespaces', ({ n
       expect(t.argvs.filter((a) => a.some((x) => /[0-9a-f]{32}/i.test(x)))).toEqual([]);
     }
 
-    const again = planAgainst(net, plan.state, await read(), keys);
+    const again = planAgainst(net, plan.state, await read(), keys, NONCES);
     onlySasMissing(again);
 
     for (const node of nodes) {
@@ -239,7 +242,7 @@ describeKernel.each(CASES)('apply and destroy $name in network namespaces', ({ n
     const v = variant.get(target.name)!;
     must('ip', ['netns', 'exec', ns, v, '-D', 'ONIONCTL-FORWARD', '1']);
     const reads = await read();
-    const live = planAgainst(net, plan.state, reads, keys);
+    const live = planAgainst(net, plan.state, reads, keys, NONCES);
     const fw = live.nodes.find((n) => n.node === target.name)!.changes.filter((c) => c.kind !== 'state');
     expect(fw.map((c) => `${c.op} ${c.kind}`)).toEqual(['add filter']);
     const sent = new Map(nodes.map((n) => [n, transports.get(n)!.argvs.length]));
@@ -249,7 +252,7 @@ describeKernel.each(CASES)('apply and destroy $name in network namespaces', ({ n
     for (const node of nodes) expect({ node, cmds: firewallCmds(node) }).toEqual({ node, cmds: node === target.name ? [`${v}-restore --noflush`] : [] });
     const save = view(target.name).iptables!;
     for (const j of JUMPS) expect({ j, n: save.split('\n').filter((l) => l === j).length }).toEqual({ j, n: 1 });
-    onlySasMissing(planAgainst(net, plan.state, await read(), keys));
+    onlySasMissing(planAgainst(net, plan.state, await read(), keys, NONCES));
   });
 
   test('destroy removes every onionctl object and leaves the foreign ones byte for byte; a second destroy has nothing to do', async () => {

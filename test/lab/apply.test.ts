@@ -11,11 +11,14 @@
  *   b  plan --live exits 2 with "+" lines; apply while a /proc scanner watches every process of the
  *      routers' kernel: no SA key in any command line or environment; traffic flows
  *   c  a second apply changes nothing, plan --live exits 0; a held lock stops apply, --break-lock
- *   d  plan --out, a router changes, apply PLAN refuses naming it; a fresh plan --out + apply PLAN converge
+ *   d  plan --out, a router changes, apply PLAN refuses naming it; a fresh plan --out + apply PLAN converge;
+ *      a saved plan whose state was edited is refused as not authentic, nothing changes
  *   e  a router unreachable, a node refusing authentication, a router failing a command: the
  *      other router completes, the state stays valid; after repair the next apply converges
  *   f  SIGINT and SIGKILL during an apply: the next apply converges, traffic flows
  *   g  lab reboot or2: plan shows the drift on or2 only; apply restores it with new SPIs and keys
+ *   g2 the state backed up, or2 rebooted and re-applied, rebooted again, the backup put back: apply
+ *      refuses it (behind its high-water mark); --accept-restored-state installs only new keys
  *   h  status --json: paths, counters that grew with traffic, health ok
  *   i  destroy leaves no onionctl object and the foreign ones verbatim; a second destroy is a no-op
  */
@@ -248,12 +251,16 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     let scan: ScanResult;
     let apply: Ran;
     const marker = `scanner-self-test-${process.pid}-${Date.now()}`;
+    let markerPid = '';
     try {
-      // the scanner's own check: a short-lived process with a marker in its environment
-      await lab.root(['sleep', '3'], { env: { ONIONCTL_SCAN_MARK: marker } });
+      // the scanner's own check: a process with a marker in its environment, alive for the whole
+      // apply (a 3-second one was missed once when a scan round of a loaded guest took longer)
+      const bg = await lab.root(['sh', '-c', 'sleep 600 >/dev/null 2>&1 </dev/null & echo $!'], { env: { ONIONCTL_SCAN_MARK: marker } });
+      markerPid = bg.stdout.trim();
       apply = await lab.labCtl('apply');
     } finally {
       scan = await scanner.stop();
+      if (/^\d+$/.test(markerPid)) await lab.root(['kill', markerPid]);
     }
     expect(show(apply)).toMatchObject({ code: 0 });
     expect(apply.stdout).toMatch(/Apply complete: \d+ added, \d+ changed, 0 destroyed on 4 of 4 nodes/);
@@ -347,6 +354,23 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     const applied = await lab.labCtl('apply', [p2]);
     expect(show(applied)).toMatchObject({ code: 0 });
     expect((await lab.shOk('or2', `ip route show ${dst} proto 79`)).trim()).toBe(route.trim());
+
+    // a saved plan whose state was edited (the entry made the exit: or3 -> or2 -> or3) is not applied
+    const p3 = path.join(tmp, 'p3.json');
+    expect(show(await lab.labCtl('plan', ['--live', '--out', p3]))).toMatchObject({ code: 0 });
+    const sealed = JSON.parse(await fs.readFile(p3, 'utf8')) as { plan: { state: { circuits: Record<string, { hops: string[] }> } } };
+    const c = Object.values(sealed.plan.state.circuits)[0]!;
+    c.hops = [c.hops[2]!, c.hops[1]!, c.hops[2]!];
+    await fs.writeFile(p3, JSON.stringify(sealed, null, 2));
+    const stateBefore = await fs.readFile(lab.ctl.state, 'utf8');
+    const viewsBefore = await viewAll(lab);
+    const forged = await lab.labCtl('apply', [p3]);
+    expect(show(forged)).toMatchObject({ code: 1 });
+    expect(forged.stderr).toMatch(/plan \S+p3\.json is not authentic: its MAC does not match/);
+    expect(forged.stdout).not.toMatch(/Apply complete/);
+    expect(await fs.readFile(lab.ctl.state, 'utf8')).toBe(stateBefore);
+    const viewsAfter = await viewAll(lab);
+    for (const n of lab.nodes) expect({ n, states: viewsAfter.get(n)!.stateText }).toEqual({ n, states: viewsBefore.get(n)!.stateText });
     await expectTrafficFlows(lab);
   }, STEP);
 
@@ -458,6 +482,37 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     remember(post);
     await expectTrafficFlows(lab);
   }, STEP);
+
+  test('g2: back up the state, or2 reboots, apply, or2 reboots, the backup comes back: apply refuses it; --accept-restored-state installs only keys never seen', async () => {
+    const stateFile = lab.ctl.state;
+    const backup = await fs.readFile(stateFile, 'utf8');
+    remember(await viewAll(lab));
+    expect(show(await onionctl(['lab', 'reboot', topo, 'or2']))).toMatchObject({ code: 0 });
+    expect(show(await lab.labCtl('apply'))).toMatchObject({ code: 0 });
+    remember(await viewAll(lab));
+
+    expect(show(await onionctl(['lab', 'reboot', topo, 'or2']))).toMatchObject({ code: 0 });
+    await fs.writeFile(stateFile, backup);
+    const refused = await lab.labCtl('apply');
+    expect(show(refused)).toMatchObject({ code: 1 });
+    expect(refused.stderr).toMatch(/is behind what was saved before \(serial \d+ < \d+/);
+    expect(refused.stdout + refused.stderr).not.toMatch(STACK_LINE);
+    expect(refused.stdout).not.toMatch(/Apply complete/);
+    const pre = await viewAll(lab);
+    expect(ownSpis(pre.get('or2')!)).toEqual([]); // nothing was applied
+    expect(await fs.readFile(stateFile, 'utf8')).toBe(backup);
+
+    const resumed = await lab.labCtl('apply', ['--accept-restored-state']);
+    expect(show(resumed)).toMatchObject({ code: 0 });
+    const post = await viewAll(lab);
+    const before = new Set([...pre.values()].flatMap((v) => v.states.filter((s) => ONIONCTL_SPI(s.spi)).map((s) => `${s.spi}:${s.keys.join(',')}`)));
+    const installed = [...post.values()].flatMap((v) => v.states.filter((s) => ONIONCTL_SPI(s.spi) && !before.has(`${s.spi}:${s.keys.join(',')}`)));
+    expect(installed.length).toBeGreaterThanOrEqual(6); // or2's six SAs at least
+    // no SA installed by this apply carries a key any node held before, at any step of this run
+    expect(installed.flatMap((s) => s.keys).filter((k) => keysSeen.has(k))).toEqual([]);
+    remember(post);
+    await expectTrafficFlows(lab);
+  }, 2 * STEP);
 
   test('h: status --json: each circuit\'s path, per-SA counters that grew with traffic, health ok', async () => {
     interface Status {

@@ -9,6 +9,7 @@
  *     then clients), make-before-break order of a rekeyed SA's two ends, a failing node stops
  *     while the others finish, an abort starts no new step.
  */
+import { rngFactory } from '../../src/pathselect/rng.js';
 import { beforeAll, describe, expect, test } from '@jest/globals';
 import { ownAddresses, STAGES, stageSteps, type Stage } from '../../src/apply/commands.js';
 import { describeRekey, interfaceAddresses, markInstalled, observedDigest, planAgainst, pushChanges, type LivePlan, type NodePlan, type NodeRead, type PushInput } from '../../src/apply/engine.js';
@@ -23,6 +24,9 @@ import type { SaRecord, State } from '../../src/state/model.js';
 import { loadTemplates } from '../../src/util/files.js';
 import { containsKey, emptyObserved, FakeTransport, heldNet, heldObserved, heldPlan, plannedKeysHex, recordingProgress, type ExecRecord, type FakeResponder } from '../helpers/apply.js';
 import { ZERO_KEYS, poolsOf, UML_NODES } from '../helpers/readback.js';
+
+/** nonces for the epochs planAgainst/rekeySa allocate (reproducible in tests) */
+const NONCES = rngFactory('test-nonces');
 
 let templates: Templates;
 beforeAll(async () => {
@@ -58,7 +62,7 @@ function holders(configs: LivePlan['configs']): Map<string, string[]> {
 
 /** the state after a first apply of the whole plan to empty routers (markInstalled on its changes) */
 function installedEverywhere(): State {
-  const fresh = planAgainst(net, plan0.state, readsOf(Object.fromEntries(UML_NODES.map((n) => [n, emptyObserved(n, pools)]))), ZERO_KEYS);
+  const fresh = planAgainst(net, plan0.state, readsOf(Object.fromEntries(UML_NODES.map((n) => [n, emptyObserved(n, pools)]))), ZERO_KEYS, NONCES);
   expect(fresh.rekeys).toEqual([]);
   return markInstalled(fresh.state, fresh.nodes, NOW);
 }
@@ -70,7 +74,7 @@ const nodePlan = (p: LivePlan, node: string) => p.nodes.find((n) => n.node === n
 
 describe('planAgainst', () => {
   test('routers that hold the plan: no changes, no rekeys, the state as it was', () => {
-    const p = planAgainst(net, plan0.state, readsOf(recorded()), ZERO_KEYS);
+    const p = planAgainst(net, plan0.state, readsOf(recorded()), ZERO_KEYS, NONCES);
     expect(p.rekeys).toEqual([]);
     expect(p.nodes.map((n) => ({ node: n.node, changes: n.changes, conflicts: n.conflicts, error: n.error }))).toEqual(UML_NODES.map((node) => ({ node, changes: [], conflicts: [], error: undefined })));
     expect(p.nodes.every((n) => /^[0-9a-f]{16}$/.test(n.digest ?? ''))).toBe(true);
@@ -80,7 +84,7 @@ describe('planAgainst', () => {
   test('a node that could not be read is reported and planned for no change', () => {
     const reads = readsOf(recorded());
     reads.set('or2', { node: 'or2', error: 'connect ETIMEDOUT' });
-    const p = planAgainst(net, plan0.state, reads, ZERO_KEYS);
+    const p = planAgainst(net, plan0.state, reads, ZERO_KEYS, NONCES);
     expect(nodePlan(p, 'or2')).toEqual({ node: 'or2', error: 'connect ETIMEDOUT', changes: [], conflicts: [] });
     expect(p.rekeys).toEqual([]);
   });
@@ -96,7 +100,7 @@ describe('planAgainst', () => {
     }
     // the input is not modified; marking again changes nothing
     expect(records(plan0.state).every((r) => !r.installed || r.installed.length === 0)).toBe(true);
-    const again = planAgainst(net, plan0.state, readsOf(Object.fromEntries(UML_NODES.map((n) => [n, emptyObserved(n, pools)]))), ZERO_KEYS);
+    const again = planAgainst(net, plan0.state, readsOf(Object.fromEntries(UML_NODES.map((n) => [n, emptyObserved(n, pools)]))), ZERO_KEYS, NONCES);
     expect(markInstalled(s, again.nodes, '2030-01-01T00:00:00Z')).toEqual(s);
   });
 
@@ -104,7 +108,7 @@ describe('planAgainst', () => {
     const s1 = installedEverywhere();
     const obs = recorded();
     obs.or2 = emptyObserved('or2', pools);
-    const p = planAgainst(net, s1, readsOf(obs), ZERO_KEYS);
+    const p = planAgainst(net, s1, readsOf(obs), ZERO_KEYS, NONCES);
 
     const atOr2 = new Set(plan0.configs.get('or2')!.states.map((s) => s.key.id));
     expect(atOr2.size).toBe(6);
@@ -122,7 +126,8 @@ describe('planAgainst', () => {
       newSpis.add(r.newSpi);
       const now = [...p.configs.values()].flatMap((c) => c.states).find((s) => s.key.id === r.sa)!;
       expect(now.spi).toBe(r.newSpi);
-      expect(now.key).toEqual({ id: r.sa, epoch: old.key.epoch + 1, spi: r.newSpi });
+      expect(now.key).toEqual({ id: r.sa, epoch: old.key.epoch + 1, spi: r.newSpi, nonce: expect.stringMatching(/^[0-9a-f]{32}$/) });
+      expect(now.key.nonce).not.toBe(old.key.nonce);
       // the new epoch has been installed nowhere yet
       const rec = records(p.state).find((x) => x.spi === r.newSpi)!;
       expect(rec.epoch).toBe(old.key.epoch + 1);
@@ -169,7 +174,7 @@ describe('planAgainst', () => {
     const s = withInstalled(plan0.state, () => []);
     const obs = recorded();
     obs.or2 = emptyObserved('or2', pools);
-    const p = planAgainst(net, s, readsOf(obs), ZERO_KEYS);
+    const p = planAgainst(net, s, readsOf(obs), ZERO_KEYS, NONCES);
     expect(p.rekeys).toEqual([]);
     expect(p.state).toEqual(s);
     expect(addedSpis(nodePlan(p, 'or2')).sort()).toEqual(plan0.configs.get('or2')!.states.map((x) => x.spi).sort());
@@ -183,11 +188,11 @@ describe('planAgainst', () => {
     for (const r of records(old)) delete r.installed;
     const obs = recorded();
     obs.or2 = emptyObserved('or2', pools);
-    const p = planAgainst(net, old, readsOf(obs), ZERO_KEYS);
+    const p = planAgainst(net, old, readsOf(obs), ZERO_KEYS, NONCES);
     expect(p.rekeys.map((r) => r.sa).sort()).toEqual(plan0.configs.get('or2')!.states.map((x) => x.key.id).sort());
     expect(p.rekeys.every((r) => /does not record/.test(r.reason))).toBe(true);
     // routers that hold everything need nothing, whatever the state records
-    const q = planAgainst(net, old, readsOf(recorded()), ZERO_KEYS);
+    const q = planAgainst(net, old, readsOf(recorded()), ZERO_KEYS, NONCES);
     expect(q.rekeys).toEqual([]);
     expect(q.nodes.every((n) => n.changes.length === 0)).toBe(true);
   });
@@ -199,7 +204,7 @@ describe('planAgainst', () => {
     const victim = obs.or2.states!.owned[0]!;
     victim.replayWindow = 64;
     const id = plan0.configs.get('or2')!.states.find((x) => x.spi === victim.spi)!.key.id;
-    const p = planAgainst(net, s, readsOf(obs), ZERO_KEYS);
+    const p = planAgainst(net, s, readsOf(obs), ZERO_KEYS, NONCES);
     expect(p.rekeys).toEqual([expect.objectContaining({ sa: id, oldSpi: victim.spi, reason: expect.stringMatching(/or2 holds it with other attributes \(replay-window\)/) })]);
     const [r] = p.rekeys;
     for (const e of holders(p.configs).get(id)!) {
@@ -216,7 +221,7 @@ describe('planAgainst', () => {
     const id = plan0.configs.get('or1')!.states[0]!.key.id;
     // the planned key of that SA (epoch 1) is not the zeros the routers hold
     const keys: KeySource = { key: (sa, n) => Buffer.alloc(n, sa.id === id && sa.epoch === 1 ? 0x11 : 0) };
-    const p = planAgainst(net, s, readsOf(recorded()), keys);
+    const p = planAgainst(net, s, readsOf(recorded()), keys, NONCES);
     expect(p.rekeys).toEqual([expect.objectContaining({ sa: id, reason: expect.stringMatching(/other attributes \(key\)/) })]);
     const changed = p.nodes.filter((n) => n.changes.length > 0);
     expect(changed.map((n) => n.node).sort()).toEqual(holders(p.configs).get(id));
@@ -275,7 +280,7 @@ describe('pushChanges over fake transports', () => {
   function rebootPlan(): LivePlan {
     const obs = recorded();
     obs.or2 = emptyObserved('or2', pools);
-    return planAgainst(net, installedEverywhere(), readsOf(obs), ZERO_KEYS);
+    return planAgainst(net, installedEverywhere(), readsOf(obs), ZERO_KEYS, NONCES);
   }
 
   interface Run {
@@ -376,7 +381,7 @@ describe('pushChanges over fake transports', () => {
     // an SA that or2 sends: or2 is the sender, its neighbour the receiver
     const victim = obs.or2.states!.owned.find((x) => !own2(x.dst))!;
     victim.replayWindow = 7;
-    const live = planAgainst(net, s, readsOf(obs), ZERO_KEYS);
+    const live = planAgainst(net, s, readsOf(obs), ZERO_KEYS, NONCES);
     expect(live.rekeys).toHaveLength(1);
     const k = live.rekeys[0]!;
     const receiver = [...live.configs].find(([n, c]) => n !== 'or2' && c.states.some((x) => x.spi === k.newSpi))![0];
@@ -403,7 +408,7 @@ describe('pushChanges over fake transports', () => {
       const own2 = ownAddresses(plan0.configs.get('or2')!, ifaces.get('or2')!);
       const victim = obs.or2.states!.owned.find((x) => own2(x.dst) === (role === 'receiver'))!;
       victim.replayWindow = 7;
-      const live = planAgainst(net, s, readsOf(obs), ZERO_KEYS);
+      const live = planAgainst(net, s, readsOf(obs), ZERO_KEYS, NONCES);
       expect(live.rekeys).toHaveLength(1);
       const k = live.rekeys[0]!;
       const peer = [...live.configs].find(([n, c]) => n !== 'or2' && c.states.some((x) => x.spi === k.newSpi))![0];
@@ -528,7 +533,7 @@ describe('pushChanges over fake transports', () => {
   });
 
   test('the empty plan pushes nothing', async () => {
-    const p = planAgainst(net, plan0.state, readsOf(recorded()), ZERO_KEYS);
+    const p = planAgainst(net, plan0.state, readsOf(recorded()), ZERO_KEYS, NONCES);
     const r = await run(p);
     expect(r.log).toEqual([]);
     expect(r.connects).toEqual([]);

@@ -147,7 +147,8 @@ describe('plan: files, modes, stability', () => {
     expect(await modeOf(path.join(dir, 't.state.json'))).toBe(0o600);
     expect(await modeOf(path.join(dir, 't.secret'))).toBe(0o600);
     for (const f of readdirSync(out)) expect([f, await modeOf(path.join(out, f))]).toEqual([f, 0o644]);
-    expect(readdirSync(dir).sort()).toEqual(['out', 't.secret', 't.state.json', 't.yaml']);
+    expect(readdirSync(dir).sort()).toEqual(['out', 't.secret', 't.secret.high-water.json', 't.state.json', 't.yaml']);
+    expect(await modeOf(path.join(dir, 't.secret.high-water.json'))).toBe(0o600);
 
     const tree1 = await readTree(out);
     const state1 = await fs.readFile(path.join(dir, 't.state.json'));
@@ -469,5 +470,47 @@ describe('help where admins ask for it', () => {
     expect(r.code).toBe(0);
     for (const o of has) expect(r.stdout).toContain(`  ${o}`);
     for (const o of hasNot) expect(r.stdout).not.toContain(`  ${o}`);
+  });
+});
+
+describe('a state file put back behind its high-water mark (issue 11, defect 1)', () => {
+  test('plan refuses it (exit 1, the file unchanged), a dry run warns, --accept-restored-state goes on with SPIs past every one handed out', async () => {
+    const dir = await dirWith({ 't.yaml': THREE });
+    const topo = path.join(dir, 't.yaml');
+    const stateFile = path.join(dir, 't.state.json');
+    expectOk(await run(['plan', topo, '--seed', 's1']));
+    const backup = await fs.readFile(stateFile, 'utf8');
+    // the topology grows a circuit: a new state with more SPIs handed out
+    await fs.writeFile(topo, THREE + '  - name: mail\n    client: alice\n    to: [203.0.113.25/32]\n');
+    expectOk(await run(['plan', topo, '--seed', 's1']));
+    const later = JSON.parse(await fs.readFile(stateFile, 'utf8')) as { serial: number; next: { spi: number }; circuits: Record<string, { fwd: { spi: number }[] }> };
+    const mark = JSON.parse(await fs.readFile(path.join(dir, 't.secret.high-water.json'), 'utf8')) as { states: Record<string, { serial: number; spi: number }> };
+    expect(Object.values(mark.states)).toEqual([expect.objectContaining({ serial: later.serial, spi: later.next.spi })]);
+
+    await fs.writeFile(stateFile, backup, { mode: 0o600 });
+    const refused = await run(['plan', topo, '--seed', 's1']);
+    expect(refused.code).toBe(1);
+    expectClean(refused);
+    expect(refused.stderr).toMatch(/the state \S+t\.state\.json is behind what was saved before \(serial 1 < 2, next SPI 0x[0-9a-f]+ < 0x[0-9a-f]+/);
+    expect(refused.stderr).toContain('--accept-restored-state');
+    expect(await fs.readFile(stateFile, 'utf8')).toBe(backup);
+    const withKeys = await run(['plan', topo, '--seed', 's1', '--no-save-state', '--with-keys', '--out-dir', path.join(dir, 'k')]);
+    expect(withKeys.code).toBe(1);
+    expect(await exists(path.join(dir, 'k'))).toBe(false);
+
+    const dry = await run(['plan', topo, '--seed', 's1', '--no-save-state']);
+    expectOk(dry);
+    expect(dry.stderr).toMatch(/is behind what was saved before .*shown as it is/);
+
+    expectOk(await run(['plan', topo, '--seed', 's1', '--accept-restored-state']));
+    const resumed = JSON.parse(await fs.readFile(stateFile, 'utf8')) as typeof later;
+    expect(resumed.serial).toBeGreaterThan(later.serial);
+    const spisBefore = new Set(later.circuits.mail!.fwd.map((x) => x.spi));
+    for (const x of resumed.circuits.mail!.fwd) {
+      expect(x.spi).toBeGreaterThanOrEqual(later.next.spi);
+      expect(spisBefore.has(x.spi)).toBe(false);
+    }
+    // and it is no longer behind
+    expectOk(await run(['plan', topo, '--seed', 's1']));
   });
 });

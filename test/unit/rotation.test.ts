@@ -28,7 +28,8 @@ import { REKEY_AGE_SECONDS, type SaLifetime } from '../../src/keys/lifetimes.js'
 import { PROFILES } from '../../src/keys/profiles.js';
 import type { NodeConfig, XfrmState } from '../../src/model/config.js';
 import { cidrContainsAddr, parseIPv4 } from '../../src/net/addr.js';
-import { rngFactory } from '../../src/pathselect/rng.js';
+import { NONCE_LABEL, drawNonce, liveRngFactory, rngFactory } from '../../src/pathselect/rng.js';
+import { HighWaterSchema, behindMark, emptyHighWater, raiseMark, resumeBehind } from '../../src/state/high-water.js';
 import { PathSpace, constraintsFor } from '../../src/pathselect/select.js';
 import type { ObservedNode, ObservedState } from '../../src/readback/observed.js';
 import type { Templates } from '../../src/render/render.js';
@@ -40,6 +41,9 @@ import type { Net } from '../../src/topology/net.js';
 import { UserError, loadTemplates } from '../../src/util/files.js';
 import { FakeTransport, emptyObserved, recordingProgress, type ExecRecord } from '../helpers/apply.js';
 import { K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
+
+/** nonces for the epochs planAgainst/rekeySa allocate (reproducible in tests) */
+const NONCES = rngFactory('test-nonces');
 
 let templates: Templates;
 beforeAll(async () => {
@@ -108,7 +112,7 @@ function holdersBySpi(configs: Map<string, NodeConfig>): Map<number, string[]> {
 
 /** the state after a first push of everything to nodes that held nothing */
 function installedEverywhere(net: Net, s0: State): State {
-  const p = planAgainst(net, s0, readsOf(noStates(net)), keys);
+  const p = planAgainst(net, s0, readsOf(noStates(net)), keys, NONCES);
   expect(p.rekeys).toEqual([]);
   return markInstalled(p.state, p.nodes, T0);
 }
@@ -141,7 +145,7 @@ function idOf(s: State, ref: SaRef): string {
 
 const webRefs = (s: State): SaRef[] => allSas(s).map((x) => x.ref).filter((r) => 'circuit' in r && r.circuit === 'web');
 function rekeyAll(s: State, refs: SaRef[], retireUntil?: string): State {
-  for (const ref of refs) s = rekeySa(s, ref, retireUntil !== undefined ? { retireUntil } : {}).state;
+  for (const ref of refs) s = rekeySa(s, ref, retireUntil !== undefined ? { retireUntil, rngFor: NONCES } : { rngFor: NONCES }).state;
   return s;
 }
 
@@ -151,11 +155,11 @@ describe('the simulated fleet (test scaffolding)', () => {
   test('routers holding exactly the planned SAs give no change; routers holding nothing get every SA added', () => {
     const s1 = installedEverywhere(three, state0(three));
     const cfgs = buildConfigs(three, s1);
-    const same = planAgainst(three, s1, readsOf(observedStates(cfgs)), keys);
+    const same = planAgainst(three, s1, readsOf(observedStates(cfgs)), keys, NONCES);
     expect(same.rekeys).toEqual([]);
     expect(same.nodes.map((n) => [n.node, n.changes.length])).toEqual([...cfgs.keys()].map((n) => [n, 0]));
     // another secret: every key differs, every SA is held "with other attributes (key)"
-    const other = planAgainst(three, s1, readsOf(observedStates(cfgs, new KdfKeySource(Buffer.alloc(32, 0x72), s1.salt))), keys);
+    const other = planAgainst(three, s1, readsOf(observedStates(cfgs, new KdfKeySource(Buffer.alloc(32, 0x72), s1.salt))), keys, NONCES);
     expect(other.rekeys.length).toBe(allSas(s1).length);
     expect(other.rekeys.every((r) => /other attributes \(key\)/.test(r.reason))).toBe(true);
   });
@@ -169,7 +173,7 @@ describe('rekeySa', () => {
     const before = structuredClone(s1);
     const old = saRecord(s1, ref)!;
     expect(old.installed).toEqual(['alice', 'or2']);
-    const r = rekeySa(s1, ref, { retireUntil: GRACE_END });
+    const r = rekeySa(s1, ref, { retireUntil: GRACE_END, rngFor: NONCES });
     expect(s1).toEqual(before); // pure
     expect(r.old).toEqual(old);
     const now = saRecord(r.state, ref)!;
@@ -181,30 +185,32 @@ describe('rekeySa', () => {
     expect(now.reqid).toBe(old.reqid);
     expect(now.installed).toEqual([]);
     expect(now.since).toBeUndefined();
-    expect(now.retiring).toEqual([{ spi: old.spi, epoch: old.epoch, until: GRACE_END, installed: ['alice', 'or2'] }]);
+    expect(now.retiring).toEqual([{ spi: old.spi, epoch: old.epoch, nonce: old.nonce, until: GRACE_END, installed: ['alice', 'or2'] }]);
+    expect(now.nonce).toMatch(/^[0-9a-f]{32}$/);
+    expect(now.nonce).not.toBe(old.nonce);
     expect(r.state.serial).toBe(s1.serial + 1);
     // nothing else moved
     for (const x of allSas(s1)) if (JSON.stringify(x.ref) !== JSON.stringify(ref)) expect(saRecord(r.state, x.ref)).toEqual(x.rec);
   });
 
   test('two successive rekeys keep both previous epochs; a third without retireUntil keeps them and adds none', () => {
-    const a = rekeySa(s1, ref, { retireUntil: GRACE_END });
-    const b = rekeySa(a.state, ref, { retireUntil: AFTER_GRACE });
+    const a = rekeySa(s1, ref, { retireUntil: GRACE_END, rngFor: NONCES });
+    const b = rekeySa(a.state, ref, { retireUntil: AFTER_GRACE, rngFor: NONCES });
     const rec = saRecord(b.state, ref)!;
     const e1 = saRecord(s1, ref)!;
     expect(rec.epoch).toBe(e1.epoch + 2);
     expect(rec.retiring).toEqual([
-      { spi: e1.spi, epoch: e1.epoch, until: GRACE_END, installed: ['alice', 'or2'] },
-      { spi: a.now.spi, epoch: a.now.epoch, until: AFTER_GRACE, installed: [] },
+      { spi: e1.spi, epoch: e1.epoch, nonce: e1.nonce, until: GRACE_END, installed: ['alice', 'or2'] },
+      { spi: a.now.spi, epoch: a.now.epoch, nonce: a.now.nonce, until: AFTER_GRACE, installed: [] },
     ]);
     expect(new Set([e1.spi, a.now.spi, rec.spi]).size).toBe(3);
-    const c = rekeySa(b.state, ref);
+    const c = rekeySa(b.state, ref, { rngFor: NONCES });
     expect(saRecord(c.state, ref)!.retiring).toEqual(rec.retiring);
     expect(saRecord(c.state, ref)!.epoch).toBe(rec.epoch + 1);
   });
 
   test('without retireUntil nothing is kept', () => {
-    const r = rekeySa(s1, ref);
+    const r = rekeySa(s1, ref, { rngFor: NONCES });
     expect(saRecord(r.state, ref)!.retiring).toBeUndefined();
     expect('retiring' in saRecord(r.state, ref)!).toBe(false);
     expect(r.now.spi).not.toBe(r.old.spi);
@@ -222,9 +228,9 @@ describe('rekeySa', () => {
   });
 
   test('an unknown SA is a PlanError', () => {
-    expect(() => rekeySa(s1, { circuit: 'nope', hop: 1, dir: 'fwd' })).toThrow(PlanError);
-    expect(() => rekeySa(s1, { circuit: 'web', hop: 9, dir: 'rev' })).toThrow(PlanError);
-    expect(() => rekeySa(s1, { link: 'x|y', dir: 'ab' })).toThrow(PlanError);
+    expect(() => rekeySa(s1, { circuit: 'nope', hop: 1, dir: 'fwd' }, { rngFor: NONCES })).toThrow(PlanError);
+    expect(() => rekeySa(s1, { circuit: 'web', hop: 9, dir: 'rev' }, { rngFor: NONCES })).toThrow(PlanError);
+    expect(() => rekeySa(s1, { link: 'x|y', dir: 'ab' }, { rngFor: NONCES })).toThrow(PlanError);
   });
 
   test('buildConfigs: the current and the retiring epoch on both ends, same reqid, distinct SPIs, different keys; policies unchanged', () => {
@@ -264,8 +270,8 @@ describe('expireRetiring', () => {
   // SA i gets retiring epochs with untils[i % 3] (and SA 0 a second one with untils[2])
   function mixed(): State {
     let s = s1;
-    refs.forEach((r, i) => (s = rekeySa(s, r, { retireUntil: untils[i % 3]! }).state));
-    s = rekeySa(s, refs[0]!, { retireUntil: untils[2]! }).state;
+    refs.forEach((r, i) => (s = rekeySa(s, r, { retireUntil: untils[i % 3]!, rngFor: NONCES }).state));
+    s = rekeySa(s, refs[0]!, { retireUntil: untils[2]!, rngFor: NONCES }).state;
     return s;
   }
   const count = (s: State, f: (u: string) => boolean) => allSas(s).reduce((n, { rec }) => n + (rec.retiring ?? []).filter((r) => f(r.until)).length, 0);
@@ -316,7 +322,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
   const holders1 = holdersBySpi(buildConfigs(net, s1));
 
   test('after the rekey: the new SAs are added on both ends, nothing is removed, no further rekey', () => {
-    const p = planAgainst(net, s2, readsOf(obs1), keys);
+    const p = planAgainst(net, s2, readsOf(obs1), keys, NONCES);
     expect(p.rekeys).toEqual([]);
     expect(p.state).toEqual(s2);
     for (const n of p.nodes) {
@@ -330,7 +336,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
   });
 
   function pushedAndHeld(): { s3: State; obs2: Map<string, ObservedNode> } {
-    const p = planAgainst(net, s2, readsOf(obs1), keys);
+    const p = planAgainst(net, s2, readsOf(obs1), keys, NONCES);
     const s3 = markInstalled(p.state, p.nodes, T_PUSH);
     return { s3, obs2: observedStates(buildConfigs(net, s3)) };
   }
@@ -341,9 +347,9 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
       const rec = saRecord(s3, x.ref)!;
       expect(rec.installed).toEqual(holders1.get(x.old.spi));
       expect(rec.since).toBe(T_PUSH);
-      expect(rec.retiring).toEqual([{ spi: x.old.spi, epoch: x.old.epoch, until: GRACE_END, installed: x.old.installed }]);
+      expect(rec.retiring).toEqual([{ spi: x.old.spi, epoch: x.old.epoch, nonce: x.old.nonce, until: GRACE_END, installed: x.old.installed }]);
     }
-    const p = planAgainst(net, s3, readsOf(obs2), keys);
+    const p = planAgainst(net, s3, readsOf(obs2), keys, NONCES);
     expect(p.rekeys).toEqual([]);
     expect(p.nodes.every((n) => n.changes.length === 0)).toBe(true);
   });
@@ -352,7 +358,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
     const { s3, obs2 } = pushedAndHeld();
     const e = expireRetiring(s3, AFTER_GRACE);
     expect(e.expired).toBe(rekeyed.length);
-    const p = planAgainst(net, e.state, readsOf(obs2), keys);
+    const p = planAgainst(net, e.state, readsOf(obs2), keys, NONCES);
     expect(p.rekeys).toEqual([]);
     expect(p.state).toEqual(e.state);
     for (const n of p.nodes) {
@@ -374,7 +380,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
     o.states!.owned = o.states!.owned.filter((s) => s.spi !== victim.old.spi);
     obs.set(lost, o);
 
-    const p = planAgainst(net, s3, readsOf(obs), keys);
+    const p = planAgainst(net, s3, readsOf(obs), keys, NONCES);
     expect(p.rekeys).toEqual([]);
     for (const n of p.nodes) expect({ node: n.node, added: addedSpis(n) }).toEqual({ node: n.node, added: [] });
     expect(removedSpis(nodePlan(p, other))).toEqual([victim.old.spi]);
@@ -393,7 +399,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
     const { s3, obs2 } = pushedAndHeld();
     const obs = new Map(obs2);
     obs.set('or2', { node: 'or2', states: { owned: [], foreign: [] } });
-    const p = planAgainst(net, s3, readsOf(obs), keys);
+    const p = planAgainst(net, s3, readsOf(obs), keys, NONCES);
     expectNoKeyReuse(s3, p);
     const retiringSpis = new Set(allSas(s3).flatMap(({ rec }) => (rec.retiring ?? []).map((r) => r.spi)));
     for (const n of p.nodes) for (const sp of addedSpis(n)) expect({ node: n.node, spi: hex(sp), retiring: retiringSpis.has(sp) }).toEqual({ node: n.node, spi: hex(sp), retiring: false });
@@ -423,7 +429,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
     const o = structuredClone(obs.get(a!)!);
     o.states!.owned.find((s) => s.spi === victim.old.spi)!.replayWindow += 32;
     obs.set(a!, o);
-    const p = planAgainst(net, s3, readsOf(obs), keys);
+    const p = planAgainst(net, s3, readsOf(obs), keys, NONCES);
     expectNoKeyReuse(s3, p);
     // no replace can reach the routers (stageSteps refuses it), and the old SPI is not re-added
     for (const n of p.nodes) for (const c of stateChanges(n)) expect({ node: n.node, key: c.key, op: c.op }).toEqual({ node: n.node, key: c.key, op: c.op === 'replace' ? 'add or remove' : c.op });
@@ -438,7 +444,7 @@ describe('planAgainst: make-before-break and the never-twice rule', () => {
     const obs = observedStates(buildConfigs(net, s1));
     for (const o of obs.values()) for (const st of o.states!.owned) st.lifetime = { soft: { packets: 7 }, hard: { packets: 9 } };
     const s = rekeyAll(s1, allSas(s1).map((x) => x.ref), GRACE_END);
-    const p = planAgainst(net, s, readsOf(obs), keys);
+    const p = planAgainst(net, s, readsOf(obs), keys, NONCES);
     expectNoKeyReuse(s, p);
     expect(p.rekeys).toEqual([]);
     const h0 = holdersBySpi(buildConfigs(net, s1));
@@ -462,10 +468,10 @@ describe('stages of a rekey', () => {
   const obs1 = observedStates(cfg1);
   const refs = allSas(s1).map((x) => x.ref);
   const s2 = rekeyAll(s1, refs, GRACE_END);
-  const p1 = planAgainst(net, s2, readsOf(obs1), keys);
+  const p1 = planAgainst(net, s2, readsOf(obs1), keys, NONCES);
   const s3 = markInstalled(p1.state, p1.nodes, T_PUSH);
   const obs2 = observedStates(buildConfigs(net, s3));
-  const p2 = planAgainst(net, expireRetiring(s3, AFTER_GRACE).state, readsOf(obs2), keys);
+  const p2 = planAgainst(net, expireRetiring(s3, AFTER_GRACE).state, readsOf(obs2), keys, NONCES);
   /** the node whose own address an SA goes to */
   const receiver = (dst: number) => [...net.nodes.keys()].find((n) => ownAddresses(cfg1.get(n)!, iface.get(n) ?? [])(dst))!;
   const own = (p: LivePlan, n: string) => ownAddresses(p.configs.get(n)!, iface.get(n) ?? []);
@@ -572,7 +578,7 @@ describe('stages of a rekey', () => {
     // routers and the client start from nothing: every one of them has configure work
     const pools = [...net.routers.values()].map((r) => r.pool);
     const reads = new Map([...net.nodes.keys()].map((n) => [n, { node: n, observed: emptyObserved(n, pools, { sysctls: true }) } as NodeRead]));
-    const p = planAgainst(net, s1, reads, keys);
+    const p = planAgainst(net, s1, reads, keys, NONCES);
     const { log, results } = await push(p);
     expect(results.every((r) => r.ok)).toBe(true);
     const expected = new Map(p.nodes.map((n) => [n.node, STAGES.flatMap((stage) => stageSteps(stage, p.configs.get(n.node)!, n.changes, ctx(p, n.node)).map((s) => ({ stage, argv: s.argv, stdin: s.stdin })))]));
@@ -699,7 +705,7 @@ describe('rotateCircuits', () => {
     const s1 = installedEverywhere(three, state0(three));
     const obs = observedStates(buildConfigs(three, s1));
     const r = rotateCircuits(three, s1, ['web'], rngFactory('rotate'), T_PUSH);
-    const p = planAgainst(three, r.state, readsOf(obs), keys);
+    const p = planAgainst(three, r.state, readsOf(obs), keys, NONCES);
     expect(p.rekeys).toEqual([]);
     expectNoKeyReuse(s1, p);
     const oldSpis = [...s1.circuits.web!.fwd, ...s1.circuits.web!.rev].map((x) => x.spi);
@@ -809,5 +815,98 @@ describe('parseDuration', () => {
   test.each(['', 'abc', '10x', '-5m', 'm', '1h30m', '5 minutes', '1e3s'])('%j is a UserError', (text) => {
     expect(() => parseDuration(text)).toThrow(UserError);
     expect(() => parseDuration(text)).toThrow(/is not a duration/);
+  });
+});
+
+// ------------------------------------------------------------------------------------------
+// issue 11, defect 1: a state put back from a backup hands its counters out again
+
+describe('a state restored from a backup never gives a router a (SPI, key) pair used before', () => {
+  const live = liveRngFactory('lab-seed'); // what apply uses: paths from the seed, nonces from the CSPRNG
+  /** the (SPI, key) pairs of every SA the nodes hold after applying `p` */
+  const pairs = (p: LivePlan) => [...p.configs.values()].flatMap((c) => c.states.map((s) => `${s.spi.toString(16)}:${keys.key(s.key, PROFILES[s.profile].keyBytes).toString('hex')}`));
+  const flushed = (obs: Map<string, ObservedNode>, node: string) => new Map([...obs].map(([n, o]) => [n, n === node ? { node: n, states: { owned: [], foreign: [] } } : o]));
+
+  test('apply, back up the state, or2 reboots, apply, or2 reboots, restore, apply: every pair installed is new', () => {
+    // apply 1 to empty routers
+    const p1 = planAgainst(three, state0(three), readsOf(noStates(three)), keys, live);
+    const s1 = markInstalled(p1.state, p1.nodes, T_PUSH);
+    const used = new Set(pairs(p1));
+    const backup = structuredClone(s1);
+
+    // or2 reboots; apply 2 re-keys what it had
+    const held1 = observedStates(buildConfigs(three, s1));
+    const p2 = planAgainst(three, s1, readsOf(flushed(held1, 'or2')), keys, live);
+    expect(p2.rekeys.length).toBe(6);
+    const s2 = markInstalled(p2.state, p2.nodes, T_PUSH);
+    for (const x of pairs(p2)) used.add(x);
+
+    // or2 reboots again, the old state comes back, apply 3: the counters are those of apply 2's
+    // start, so the same SPIs and epochs are handed out again; the nonces make the keys new
+    const held2 = flushed(observedStates(buildConfigs(three, s2)), 'or2');
+    const p3 = planAgainst(three, backup, readsOf(held2), keys, live);
+    expect(p3.rekeys.length).toBeGreaterThanOrEqual(6);
+    const again = p3.nodes.flatMap((n) =>
+      stateChanges(n).flatMap((c) => (c.op === 'add' ? [`${c.desired.spi.toString(16)}:${keys.key(c.desired.key, PROFILES[c.desired.profile].keyBytes).toString('hex')}`] : [])),
+    );
+    expect(again.length).toBeGreaterThan(0);
+    expect(again.filter((x) => used.has(x))).toEqual([]);
+  });
+
+  test('the nonce is part of the key: same id, epoch and SPI with another nonce is another key; no nonce keeps the old derivation', () => {
+    const id: SaKeyId = { id: 'circuit:web:g1:hop1:fwd', epoch: 2, spi: 0x4f000010 };
+    const a = keys.key({ ...id, nonce: '00'.repeat(16) }, 36);
+    const b = keys.key({ ...id, nonce: '01'.repeat(16) }, 36);
+    const legacy = keys.key(id, 36);
+    expect(new Set([a, b, legacy].map((k) => k.toString('hex'))).size).toBe(3);
+    expect(keys.key({ ...id, nonce: '00'.repeat(16) }, 36)).toEqual(a);
+  });
+
+  test('live nonces come from the CSPRNG even with a seed; the paths still follow the seed', () => {
+    const a = liveRngFactory('same');
+    const b = liveRngFactory('same');
+    expect(drawNonce(a(`${NONCE_LABEL}x`))).not.toBe(drawNonce(b(`${NONCE_LABEL}x`)));
+    expect(a('circuit/web/g1').int(2 ** 40)).toBe(b('circuit/web/g1').int(2 ** 40));
+    // offline plans with a seed stay byte-identical: their nonces follow the seed
+    expect(drawNonce(rngFactory('same')(`${NONCE_LABEL}x`))).toBe(drawNonce(rngFactory('same')(`${NONCE_LABEL}x`)));
+  });
+});
+
+describe('the high-water mark', () => {
+  const s = state0(three);
+  const ahead = { ...structuredClone(s), serial: s.serial + 3, next: { spi: s.next.spi + 12, reqid: s.next.reqid + 12 } };
+
+  test('a state behind the mark of its salt is named with what is behind; equal or ahead is not; another salt has no mark', () => {
+    const hw = raiseMark(emptyHighWater(), ahead, T_PUSH);
+    expect(behindMark(hw, ahead)).toBeUndefined();
+    expect(behindMark(hw, { ...ahead, serial: ahead.serial + 1 })).toBeUndefined();
+    expect(behindMark(hw, s)).toMatch(/^serial \d+ < \d+, next SPI 0x[0-9a-f]+ < 0x[0-9a-f]+, next reqid 0x[0-9a-f]+ < 0x[0-9a-f]+, saved 2025-03-01T10:00:05.000Z$/);
+    expect(behindMark(hw, { ...s, salt: 'ab'.repeat(32) })).toBeUndefined();
+    // the SPI counter alone behind (a hand-edited serial) is still behind
+    expect(behindMark(hw, { ...ahead, next: s.next })).toMatch(/next SPI/);
+  });
+
+  test('raising never lowers it, and returns the same object when nothing moved', () => {
+    const hw = raiseMark(emptyHighWater(), ahead, T_PUSH);
+    const lower = raiseMark(hw, s, T0);
+    expect(lower).toBe(hw);
+    expect(HighWaterSchema.parse(hw)).toEqual(hw);
+  });
+
+  test('resuming from a state behind it: counters past the mark, serial past it, no record of where keys went', () => {
+    const p1 = planAgainst(three, s, readsOf(noStates(three)), keys, liveRngFactory(undefined));
+    const installed = markInstalled(p1.state, p1.nodes, T_PUSH);
+    const hw = raiseMark(emptyHighWater(), { ...installed, serial: installed.serial + 2, next: { spi: installed.next.spi + 6, reqid: installed.next.reqid } }, T_PUSH);
+    const r = resumeBehind(hw, installed);
+    expect(behindMark(hw, r)).toBeUndefined();
+    expect(r.serial).toBe(installed.serial + 3);
+    expect(r.next.spi).toBe(installed.next.spi + 6);
+    expect(allSas(r).every(({ rec }) => rec.installed === undefined)).toBe(true);
+    // and so every SA that a node lacks gets a new epoch (and nonce) on both ends
+    const held = observedStates(buildConfigs(three, installed));
+    held.set('or1', { node: 'or1', states: { owned: [], foreign: [] } });
+    const p = planAgainst(three, r, readsOf(held), keys, liveRngFactory(undefined));
+    expect(p.rekeys.length).toBeGreaterThan(0);
+    expect(p.rekeys.every((x) => x.newSpi >= installed.next.spi + 6)).toBe(true);
   });
 });
