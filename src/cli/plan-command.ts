@@ -1,10 +1,10 @@
-import { promises as fs } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { rngFactory } from '../pathselect/rng.js';
 import { keyStoreId } from '../keys/kdf.js';
 import { computePlan, filesDigest, planJson, planText, renderAll } from '../plan/plan.js';
 import type { RenderedFile } from '../render/render.js';
-import { loadTemplates, packageVersion, UserError, writeFileAtomic } from '../util/files.js';
+import { loadTemplates, packageVersion, unsafeDirectory, UserError, writeFileAtomic } from '../util/files.js';
 import { defaultPaths, openKeys, readState, readTopology, saveStateMarked } from './context.js';
 import type { PlanOpts } from './main.js';
 
@@ -29,11 +29,28 @@ const MANIFEST = '.onionctl-files';
  */
 export async function writeOutDir(dir: string, files: RenderedFile[], secret: boolean): Promise<void> {
   await fs.mkdir(dir, { recursive: true, mode: secret ? 0o700 : 0o755 });
-  if (secret) await fs.chmod(dir, 0o700);
+  const st = await fs.lstat(dir);
+  if (st.isSymbolicLink()) throw new UserError(`--out-dir ${dir} is a symbolic link; onionctl writes only into the directory itself (give its real path)`);
+  if (!st.isDirectory()) throw new UserError(`--out-dir ${dir} is not a directory`);
+  if (secret) {
+    // key files: a directory of ours that nobody else can write to, its mode set on the directory
+    // opened without following links
+    const me = process.geteuid?.();
+    if (me !== undefined && st.uid !== me) throw new UserError(`--out-dir ${dir} belongs to uid ${st.uid}, not to you (uid ${me}); key files go only into a directory of yours`);
+    const dh = await fs.open(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    try {
+      await dh.chmod(0o700);
+    } finally {
+      await dh.close();
+    }
+    const why = await unsafeDirectory(dir);
+    if (why) throw new UserError(`--out-dir ${dir} is refused for key files: ${why}`);
+  }
   const manifest = path.join(dir, MANIFEST);
   let previous: string[] = [];
   try {
-    previous = (await fs.readFile(manifest, 'utf8')).split('\n').filter((l) => l && !l.startsWith('#'));
+    // never through a link: its lines name files to remove
+    if (!(await fs.lstat(manifest)).isSymbolicLink()) previous = (await fs.readFile(manifest, 'utf8')).split('\n').filter((l) => l && !l.startsWith('#'));
   } catch {
     /* first run */
   }

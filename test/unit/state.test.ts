@@ -481,7 +481,7 @@ describe('state file I/O', () => {
 
   test('a file that is not JSON is refused with a clear message', async () => {
     const file = path.join(dir, 'broken.json');
-    await writeFile(file, '{"version": 1, "salt": ');
+    await writeFile(file, '{"version": 1, "salt": ', { mode: 0o600 });
     await expect(loadState(file)).rejects.toThrow(UserError);
     await expect(loadState(file)).rejects.toThrow(/state file .*broken\.json is not valid JSON/);
   });
@@ -498,7 +498,7 @@ describe('state file I/O', () => {
       const raw = JSON.parse(JSON.stringify(planned())) as Record<string, unknown>;
       mutate(raw);
       const file = path.join(dir, `bad-${name}.json`);
-      await writeFile(file, JSON.stringify(raw));
+      await writeFile(file, JSON.stringify(raw), { mode: 0o600 });
       await expect(loadState(file)).rejects.toThrow(re);
     }
   });

@@ -672,7 +672,7 @@ describe('the built CLI', () => {
       const dir = mkdtempSync(path.join(work, 'bin-'));
       const topo = path.join(dir, 'three-mixes.yaml');
       writeFileSync(topo, readFileSync(path.join(packageRoot(), 'examples', 'three-mixes.yaml')));
-      writeFileSync(path.join(dir, 'three-mixes.state.json'), JSON.stringify(plan.state));
+      writeFileSync(path.join(dir, 'three-mixes.state.json'), JSON.stringify(plan.state), { mode: 0o600 });
       const r = await run(['status', topo, '--identity', path.join(dir, 'no-such-key'), '--connect-timeout', '2']);
       expect(r.code).toBe(1);
       expect(r.stdout).toMatch(/0 of 4 nodes read/);
