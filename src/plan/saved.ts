@@ -10,6 +10,7 @@
  */
 import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
+import { parseJson } from '../util/json.js';
 import { StateSchema, type State, type StateEvent } from '../state/model.js';
 
 export const SAVED_PLAN_FORMAT = 'onionctl-saved-plan/v2';
@@ -70,9 +71,9 @@ export function openPlan(text: string, key: Buffer, o: { now: Date; maxAgeMs: nu
   if (text.length > MAX_SAVED_PLAN_BYTES) throw new SavedPlanError('is larger than any plan onionctl writes');
   let j: unknown;
   try {
-    j = JSON.parse(text);
-  } catch {
-    throw new SavedPlanError('is not a plan written by onionctl plan --live --out (not JSON)');
+    j = parseJson(text);
+  } catch (e) {
+    throw new SavedPlanError(`is not a plan written by onionctl plan --live --out (not JSON: ${(e as Error).message.slice(0, 200)})`);
   }
   const env = Envelope.safeParse(j);
   if (!env.success) throw new SavedPlanError('is not a plan written by onionctl plan --live --out');
@@ -83,7 +84,13 @@ export function openPlan(text: string, key: Buffer, o: { now: Date; maxAgeMs: nu
         : `has format ${JSON.stringify(env.data.format.slice(0, 64))}, not ${SAVED_PLAN_FORMAT}`,
     );
   }
-  const want = macOf(key, JSON.stringify(env.data.plan));
+  let body: string;
+  try {
+    body = JSON.stringify(env.data.plan);
+  } catch {
+    throw new SavedPlanError('is not a plan written by onionctl plan --live --out (nested too deeply)');
+  }
+  const want = macOf(key, body);
   const got = /^[0-9a-f]{64}$/.test(env.data.mac) ? Buffer.from(env.data.mac, 'hex') : Buffer.alloc(0);
   if (got.length !== want.length || !timingSafeEqual(got, want)) {
     throw new SavedPlanError('is not authentic: its MAC does not match (it was changed after it was saved, or made with another key secret)');

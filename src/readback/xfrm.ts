@@ -180,6 +180,7 @@ function parseStateBlock(b: Block): XfrmStateRecord {
         const p = pairs(t);
         rec.proto = p.get('proto')!;
         rec.spi = num(p.get('spi'), 'spi', no);
+        if (rec.spi > 0xffffffff) throw new ReadbackError(`an SPI of more than 32 bits (${JSON.stringify(safeWord(p.get('spi') ?? ''))})`, no);
         rec.reqid = num(p.get('reqid') ?? '0', 'reqid', no);
         rec.mode = p.get('mode') ?? '';
         sawProto = true;
@@ -349,6 +350,8 @@ function parsePolicyBlock(b: Block): XfrmPolicyRecord {
       section = 'none';
       rec.socket = first === 'socket';
       rec.dir = t[1] ?? '';
+      // what the kernel prints: in, out, fwd (and for sockets the same words); anything else is not a policy
+      if (!/^(?:in|out|fwd)$/.test(rec.dir)) throw new ReadbackError(`policy direction ${JSON.stringify(safeWord(rec.dir))} is not in, out or fwd`, no);
       const p = pairs(t.slice(2));
       if (p.get('action') === 'block') rec.action = 'block';
       if (p.has('index')) rec.index = num(p.get('index'), 'index', no);

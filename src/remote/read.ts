@@ -7,6 +7,7 @@
  * `ip -s xfrm state` prints keys: the text is parsed in memory (keys become fingerprints) and
  * never logged or stored.
  */
+import { escapeControl } from '../util/text.js';
 import type { ReadbackOutputs } from '../readback/observed.js';
 import { TransportError, type Transport } from './transport.js';
 
@@ -78,11 +79,27 @@ export function readScript(o: ReadOptions = {}): string {
   return lines.join('\n') + '\n';
 }
 
+/** No line that ip, iptables-save or nft prints comes near this. */
+export const MAX_READBACK_LINE = 64 * 1024;
+// C0 controls but tab and newline, DEL, C1 controls, and the bidi and zero-width format characters
+const READBACK_UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/;
+
 export function parseReadOutput(text: string, node: string): RemoteRead {
   const sections = new Map<string, string>();
   let cur: string | undefined;
   let buf: string[] = [];
-  for (const line of text.split('\n')) {
+  const lines = text.split('\n');
+  // what real tools print has no control characters and no endless lines: such output is not
+  // parsed at all (it could only be a broken or hostile router)
+  for (let i = 0; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (line.length > MAX_READBACK_LINE) throw new TransportError(node, `${node}: read-back line ${i + 1} is ${line.length} characters long; no tool onionctl reads prints that`);
+    const bad = READBACK_UNSAFE.exec(line);
+    if (bad) {
+      throw new TransportError(node, `${node}: read-back line ${i + 1} holds a control character (U+${bad[0].codePointAt(0)!.toString(16).padStart(4, '0').toUpperCase()}); no tool onionctl reads prints that`);
+    }
+  }
+  for (const line of lines) {
     if (line.startsWith(`${MARK} `)) {
       if (cur !== undefined) sections.set(cur, buf.join('\n'));
       cur = line.slice(MARK.length + 1).trim();
@@ -104,7 +121,9 @@ export function parseReadOutput(text: string, node: string): RemoteRead {
   };
   const r: RemoteRead = { outputs, sysctls: new Map(), nft: false };
   const ipt = sections.get('iptables') ?? '';
-  const m = /^@@variant (\S+)\n?/.exec(ipt);
+  // the variant names the command run on the router: only the two onionctl knows
+  const m = /^@@variant (iptables|iptables-legacy)\n/.exec(ipt.endsWith('\n') ? ipt : ipt + '\n');
+  if (!m && ipt.startsWith('@@variant ')) throw new TransportError(node, `${node}: the read-back names an iptables variant onionctl does not know: ${escapeControl(ipt.split('\n')[0]!.slice(10), 64)}`);
   if (m) {
     r.iptables = { save: `${m[1]}-save`, restore: `${m[1]}-restore` };
     outputs.iptablesSave = ipt.slice(m[0].length);

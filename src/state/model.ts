@@ -4,6 +4,17 @@
  * forward. No key material is stored here.
  */
 import { z } from 'zod';
+import { NAME_RE } from '../topology/schema.js';
+
+/**
+ * Every string of a state file is bounded and of a known shape: the file is read back and its
+ * names and addresses are printed to terminals and put into router commands.
+ */
+const name = z.string().regex(NAME_RE, 'not a node or circuit name');
+const ipv4 = z.string().regex(/^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/, 'not a dotted-quad address');
+const cidr = z.string().regex(/^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\/(?:3[0-2]|[12]?\d)$/, 'not an IPv4 prefix');
+const isoTime = z.string().regex(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)$/, 'not an ISO time');
+const nodes = z.array(name).max(4096);
 
 /** onionctl's reserved ranges: how it recognises its own xfrm objects on a router. */
 export const SPI_BASE = 0x4f000000;
@@ -29,22 +40,23 @@ const sa = z.strictObject({
    * gets a new epoch and SPI, because its sequence numbers (GCM nonces) would start over.
    * Absent (a state from before this was recorded): unknown, so any install gets a new epoch.
    */
-  installed: z.array(z.string()).optional(),
+  installed: nodes.optional(),
   /** ISO time this epoch was first pushed (the age used by rekey --due) */
-  since: z.string().optional(),
+  since: isoTime.optional(),
   /**
    * previous epochs still installed during a make-before-break rekey (same reqid, older SPI),
    * removed once `until` has passed
    */
   retiring: z
-    .array(z.strictObject({ spi: z.number().int().min(SPI_BASE).max(SPI_LAST), epoch: z.number().int().min(1), nonce: z.string().regex(/^[0-9a-f]{32}$/).optional(), until: z.string(), installed: z.array(z.string()).optional() }))
+    .array(z.strictObject({ spi: z.number().int().min(SPI_BASE).max(SPI_LAST), epoch: z.number().int().min(1), nonce: z.string().regex(/^[0-9a-f]{32}$/).optional(), until: isoTime, installed: nodes.optional() }))
+    .max(64)
     .optional(),
 });
 export type SaRecord = z.infer<typeof sa>;
 
 const link = z.strictObject({
-  a: z.string(),
-  b: z.string(),
+  a: name,
+  b: name,
   /** SA carrying a -> b */
   ab: sa,
   /** SA carrying b -> a */
@@ -53,19 +65,19 @@ const link = z.strictObject({
 export type LinkState = z.infer<typeof link>;
 
 const circuit = z.strictObject({
-  client: z.string(),
-  hops: z.array(z.string()).min(2),
+  client: name,
+  hops: z.array(name).min(2).max(16),
   /** A_ci: the client's per-hop address, from hop i's pool, dotted quad */
-  addrs: z.array(z.string()),
-  to: z.array(z.string()),
+  addrs: z.array(ipv4).max(16),
+  to: z.array(cidr).max(1024),
   /** bumps when the circuit is re-pathed; part of SA identities */
   generation: z.number().int().min(1),
   /** ISO time the current path was chosen (from the injected clock) */
-  created: z.string(),
+  created: isoTime,
   /** telescope SAs A_ci -> OR_ci, index i-1 */
-  fwd: z.array(sa),
+  fwd: z.array(sa).max(16),
   /** telescope SAs OR_ci -> A_ci, index i-1 */
-  rev: z.array(sa),
+  rev: z.array(sa).max(16),
 });
 export type CircuitState = z.infer<typeof circuit>;
 
@@ -79,8 +91,8 @@ export const StateSchema = z.strictObject({
     spi: z.number().int().min(SPI_BASE).max(SPI_LAST + 1),
     reqid: z.number().int().min(REQID_BASE).max(REQID_LAST + 1),
   }),
-  links: z.record(z.string(), link),
-  circuits: z.record(z.string(), circuit),
+  links: z.record(z.string().regex(/^[a-z][a-z0-9_-]{0,30}~[a-z][a-z0-9_-]{0,30}$/, 'not a link name (A~B)'), link),
+  circuits: z.record(name, circuit),
 });
 export type State = z.infer<typeof StateSchema>;
 

@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { constants, existsSync, promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
+import { parseJson } from './json.js';
 import { fileURLToPath } from 'node:url';
 import { StateSchema, emptyState, type State } from '../state/model.js';
 import { HighWaterSchema, emptyHighWater, type HighWater } from '../state/high-water.js';
@@ -154,7 +155,7 @@ export async function loadState(file: string): Promise<{ state: State; fresh: bo
   if (text === undefined) return { state: emptyState(randomBytes(32).toString('hex')), fresh: true };
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = parseJson(text);
   } catch (e) {
     throw new UserError(`state file ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
@@ -176,7 +177,7 @@ export async function loadHighWater(file: string): Promise<HighWater> {
   if (text === undefined) return emptyHighWater();
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = parseJson(text);
   } catch (e) {
     throw new UserError(`high-water mark ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
@@ -201,7 +202,7 @@ export async function loadKeyStore(file: string): Promise<Record<string, string>
   if (text === undefined) return {};
   let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    raw = parseJson(text);
   } catch (e) {
     throw new UserError(`key store ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
