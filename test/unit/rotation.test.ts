@@ -853,6 +853,17 @@ describe('a state restored from a backup never gives a router a (SPI, key) pair 
     expect(again.filter((x) => used.has(x))).toEqual([]);
   });
 
+  test('two controllers with copies of one state re-key the same lost SA: the same SPI and epoch, two different keys', () => {
+    const p1 = planAgainst(three, state0(three), readsOf(noStates(three)), keys, live);
+    const s1 = markInstalled(p1.state, p1.nodes, T_PUSH);
+    const lost = readsOf(flushed(observedStates(buildConfigs(three, s1)), 'or2'));
+    const a = planAgainst(three, structuredClone(s1), lost, keys, liveRngFactory('lab-seed'));
+    const b = planAgainst(three, structuredClone(s1), lost, keys, liveRngFactory('lab-seed'));
+    expect(a.rekeys.map((r) => r.newSpi)).toEqual(b.rekeys.map((r) => r.newSpi));
+    const ka = new Set(pairs(a));
+    expect(pairs(b).filter((x) => ka.has(x) && !pairs(p1).includes(x))).toEqual([]);
+  });
+
   test('the nonce is part of the key: same id, epoch and SPI with another nonce is another key; no nonce keeps the old derivation', () => {
     const id: SaKeyId = { id: 'circuit:web:g1:hop1:fwd', epoch: 2, spi: 0x4f000010 };
     const a = keys.key({ ...id, nonce: '00'.repeat(16) }, 36);

@@ -185,4 +185,42 @@ describe('the built CLI', () => {
     expect(t.stderr).toMatch(/plan \S+forged\.json is not authentic/);
     expect(await fs.stat(path.join(dir, 't.state.json')).catch(() => undefined)).toBeUndefined();
   });
+
+  test('an old saved plan applied again after the state was deleted is refused: its state was pushed before (the high-water mark says so)', async () => {
+    const dir = await tempDir();
+    const topo = path.join(dir, 't.yaml');
+    const topoText = await fs.readFile(path.join(EXAMPLES, 'three-mixes.yaml'), 'utf8');
+    await fs.writeFile(topo, topoText);
+    expect((await run(['plan', topo, '--no-save-state'])).code).toBe(0);
+    const sec = Buffer.from((await fs.readFile(path.join(dir, 't.secret'), 'utf8')).trim(), 'hex');
+    const s = planned('c4'.repeat(32));
+    // what the first apply of this plan left beside the secret; the state file itself is gone
+    const mark = { format: 'onionctl-high-water/v1', states: { [s.salt]: { serial: s.serial, spi: s.next.spi, reqid: s.next.reqid, updated: new Date().toISOString() } } };
+    await fs.writeFile(path.join(dir, 't.secret.high-water.json'), JSON.stringify(mark), { mode: 0o600 });
+    const p: SavedPlan = { ...planOf(s, new Date()), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } };
+    const file = path.join(dir, 'old.json');
+    await fs.writeFile(file, sealPlan(p, planMacKey(sec)), { mode: 0o600 });
+    const r = await run(['apply', topo, file, '--connect-timeout', '1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/refusing to apply \S+old\.json: its state was saved and pushed before \(the state it was planned from is gone, but its high-water mark in \S+ is there\)/);
+    expect(r.stdout).toBe('');
+  });
+
+  test('a plan older than --max-plan-age is refused; a usable age is a duration', async () => {
+    const dir = await tempDir();
+    const topo = path.join(dir, 't.yaml');
+    const topoText = await fs.readFile(path.join(EXAMPLES, 'three-mixes.yaml'), 'utf8');
+    await fs.writeFile(topo, topoText);
+    expect((await run(['plan', topo, '--no-save-state'])).code).toBe(0);
+    const sec = Buffer.from((await fs.readFile(path.join(dir, 't.secret'), 'utf8')).trim(), 'hex');
+    const p: SavedPlan = { ...planOf(planned(), new Date(Date.now() - 2 * 3600_000)), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } };
+    const file = path.join(dir, 'aged.json');
+    await fs.writeFile(file, sealPlan(p, planMacKey(sec)), { mode: 0o600 });
+    const r = await run(['apply', topo, file, '--max-plan-age', '1h', '--connect-timeout', '1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/plan \S+aged\.json is too old \(made .*, limit 60 min; --max-plan-age\); make a new one/);
+    const bad = await run(['apply', topo, file, '--max-plan-age', 'soon']);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/"soon" is not a duration/);
+  });
 });

@@ -6,12 +6,16 @@
  */
 import { afterEach, describe, expect, test } from '@jest/globals';
 import { generateKeyPairSync } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import ssh2 from 'ssh2';
+import { readFleet, silentProgress } from '../../src/apply/engine.js';
+import { Sessions, type Connector } from '../../src/remote/fleet.js';
 import { parseKnownHosts } from '../../src/remote/known-hosts.js';
+import { ROOT } from '../helpers/cli.js';
+import { exampleNet } from '../helpers/net.js';
 import { SSH_ALGORITHMS, SshTransport } from '../../src/remote/ssh.js';
 import { TransportError } from '../../src/remote/transport.js';
 import { escapeControl, isTerminalSafe } from '../../src/util/text.js';
@@ -195,3 +199,57 @@ describe('what a hostile router prints', () => {
   });
 });
 
+
+describe('one bad router does not stop the fleet (issue 11, defect 4)', () => {
+  test('readFleet over real SSH: a router that prints without end and one that answers escapes fail alone; the genuine one is read', async () => {
+    const genuine = readFileSync(path.join(ROOT, 'test/fixtures/hostile/router/genuine.txt'), 'utf8');
+    const escaped = readFileSync(path.join(ROOT, 'test/fixtures/hostile/router/state-escapes.txt'), 'utf8');
+    const chunk = Buffer.alloc(64 * 1024, 0x41);
+    const answers: Record<string, (s: ExecStream) => void> = {
+      or1: (st) => {
+        let sent = 0;
+        const pump = () => {
+          while (sent < 64 * 1024 * 1024 && st.write(chunk)) sent += chunk.length;
+          if (sent < 64 * 1024 * 1024) st.once('drain', pump);
+        };
+        st.on('error', () => {});
+        pump();
+      },
+      or2: (st) => {
+        st.write(genuine);
+        st.exit(0);
+        st.end();
+      },
+      or3: (st) => {
+        st.write(escaped);
+        st.exit(0);
+        st.end();
+      },
+    };
+    const ports = new Map<string, { port: number; pubLine: string }>();
+    for (const [node, answer] of Object.entries(answers)) {
+      const hk = ed25519();
+      ports.set(node, { port: await server(hk.priv, undefined, (st) => {
+        st.on('data', () => {}); // the read-back script on stdin
+        answer(st);
+      }), pubLine: hk.pubLine });
+    }
+    const f = clientFiles([...ports.values()].map((p) => `[127.0.0.1]:${p.port} ${p.pubLine}`));
+    const connector: Connector = (node) => {
+      const p = ports.get(node)!;
+      return SshTransport.connect({ ...target(p.port), node }, { identityFile: f.identityFile, knownHosts: [f.knownHosts], maxOutputBytes: 1024 * 1024 });
+    };
+    const net = exampleNet('three-mixes.yaml');
+    const sessions = new Sessions(connector);
+    try {
+      const reads = await readFleet(net, ['or1', 'or2', 'or3'], sessions, 3, () => [], silentProgress);
+      expect(reads.get('or1')!.error).toMatch(/printed more than 1048576 bytes; stopped reading it/);
+      expect(reads.get('or3')!.error).toMatch(/or3: read-back line \d+ holds a control character \(U\+001B\)/);
+      expect(isTerminalSafe(reads.get('or3')!.error!)).toBe(true);
+      expect(reads.get('or2')!.error).toBeUndefined();
+      expect(reads.get('or2')!.observed!.states!.owned.length + reads.get('or2')!.observed!.states!.foreign.length).toBeGreaterThan(0);
+    } finally {
+      await sessions.closeAll();
+    }
+  });
+});
