@@ -196,12 +196,21 @@ async function livePlan(
   return { live, reads, events };
 }
 
+/** What could not be read, said before any plan (a plan of nothing is not "no changes"). */
+function notReadText(nodes: NodePlan[]): string {
+  const errs = readErrors(nodes);
+  if (errs.length === 0) return '';
+  return `Not read, left out of this plan (${errs.length} of ${nodes.length} node${nodes.length === 1 ? '' : 's'}):\n${errs.join('\n')}\n\n`;
+}
+
 function printPlan(l: Loaded, live: LivePlan, events: string[]): void {
+  out(notReadText(live.nodes));
   out(circuitsText(l.net, live.state));
   if (events.length > 0) out(['', 'State changes:', ...events.map((e) => `  ${e}`)].join('\n') + '\n');
   if (live.rekeys.length > 0) out(['', 'New keys (new SPI and epoch on both ends):', ...live.rekeys.map((r) => `  ${describeRekey(r)}`)].join('\n') + '\n');
-  out('\n' + formatChanges(live.nodes.filter((n) => !n.error)));
-  for (const e of readErrors(live.nodes)) out(`${e}\n`);
+  const read = live.nodes.filter((n) => !n.error);
+  out('\n' + formatChanges(read));
+  if (read.length < live.nodes.length) out(`This plan covers ${read.length} of ${live.nodes.length} nodes: ${live.nodes.length - read.length} could not be read (listed first).\n`);
 }
 
 export async function planLiveCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
@@ -225,7 +234,10 @@ export async function planLiveCommand(topology: string, opts: LiveOpts, deps: Li
         ) + '\n',
       );
     } else printPlan(l, live, events);
-    if (opts.out) {
+    const unread = live.nodes.filter((n) => n.error).map((n) => n.node);
+    if (opts.out && unread.length > 0) {
+      note(`the plan was not saved to ${opts.out}: it could not read ${unread.join(', ')}, and a saved plan must cover every node (fix them, or take them out of the topology)`);
+    } else if (opts.out) {
       await writeFileAtomic(opts.out, sealPlan(planFile(l, live, new Date()), await planKey(l.paths)), 0o600);
       if (!opts.json) out(`Saved the plan to ${opts.out}; apply exactly it with: onionctl apply ${topology} ${opts.out}\n`);
     } else if (!opts.json) out('State not saved (plan --live is a dry run; use --out FILE and apply FILE to apply exactly this plan).\n');
@@ -258,19 +270,37 @@ function interruptible(lock: Lock): { signal: AbortSignal; dispose(): void } {
   };
 }
 
-function report(results: NodeResult[], verb: string, signal: AbortSignal): number {
+/** the words for a run that did not reach every node: never a success message after a failure */
+const INCOMPLETE: Record<string, string> = {
+  'Apply complete': 'Apply incomplete',
+  'Destroy complete': 'Destroy incomplete',
+  'New keys installed': 'New keys not installed everywhere',
+  'Rekey complete': 'Rekey incomplete',
+  'Rotate complete': 'Rotate incomplete',
+};
+
+function report(results: NodeResult[], verb: string, signal: AbortSignal, unread: string[] = []): number {
   const failed = results.filter((r) => !r.ok);
   const t = results.filter((r) => r.ok).reduce((a, r) => ({ add: a.add + r.counts.add, change: a.change + r.counts.change, destroy: a.destroy + r.counts.destroy }), { add: 0, change: 0, destroy: 0 });
   for (const r of failed) out(`${r.node}: error: ${r.error}\n`);
-  out(`\n${verb}: ${t.add} added, ${t.change} changed, ${t.destroy} destroyed on ${results.length - failed.length} of ${results.length} nodes.\n`);
-  if (failed.length > 0) {
-    out(`${failed.length} node${failed.length === 1 ? '' : 's'} failed (${failed.map((r) => r.node).join(', ')}); the others are done. Fix the cause and run apply again: it picks up from what each router holds.\n`);
+  // the results name every node, the unread ones failed with their read error; say which is which
+  const unreadSet = new Set(unread);
+  const inResults = new Set(results.map((r) => r.node));
+  const pushFailed = failed.filter((r) => !unreadSet.has(r.node)).map((r) => r.node);
+  const notRead = [...failed.filter((r) => unreadSet.has(r.node)).map((r) => r.node), ...unread.filter((n) => !inResults.has(n))];
+  const bad = [...pushFailed, ...notRead];
+  const all = results.length + unread.filter((n) => !inResults.has(n)).length;
+  const words = bad.length > 0 || signal.aborted ? (INCOMPLETE[verb] ?? `${verb} (with errors)`) : verb;
+  out(`\n${words}: ${t.add} added, ${t.change} changed, ${t.destroy} destroyed on ${results.length - failed.length} of ${all} nodes.\n`);
+  if (bad.length > 0) {
+    const parts = [pushFailed.length > 0 ? `${pushFailed.length} failed` : '', notRead.length > 0 ? `${notRead.length} could not be read` : ''].filter(Boolean).join(', ');
+    out(`${parts} (${bad.join(', ')}); the others are done. Fix the cause and run apply again: it picks up from what each router holds.\n`);
   }
   if (signal.aborted) {
     out('Interrupted: run apply again to finish.\n');
     return 130;
   }
-  return failed.length > 0 ? 1 : 0;
+  return bad.length > 0 ? 1 : 0;
 }
 
 async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, keys: LoadedKeys, sessions: Sessions, parallel: number, lock: Lock, verb: string): Promise<number> {
@@ -304,7 +334,7 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
     progress.finish();
     intr.dispose();
   }
-  return report(results, verb, intr.signal);
+  return report(results, verb, intr.signal, live.nodes.filter((n) => n.error).map((n) => n.node));
 }
 
 export async function applyCommand(topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
@@ -317,6 +347,8 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
     if (saved.topology.sha256 !== sha256(l.topologyText)) throw new UserError(`the topology ${topology} changed since the plan ${planPath} was made; run plan --live --out again`);
     const now = l.stateText === undefined ? null : sha256(l.stateText);
     if (saved.stateBefore.sha256 !== now) throw new UserError(`the state ${l.paths.state} changed since the plan ${planPath} was made (another apply?); run plan --live --out again`);
+    const skipped = saved.nodes.filter((n) => n.error).map((n) => n.node);
+    if (skipped.length > 0) throw new UserError(`refusing to apply ${planPath}: it could not read ${skipped.join(', ')} when it was made; a plan that leaves nodes out is not applied (run plan --live --out again)`);
     const hw = await highWater(l.paths);
     const behind = behindMark(hw, saved.state);
     if (behind || (l.fresh && pushedBefore(hw, saved.state))) {
@@ -360,8 +392,7 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
       if (changed.length > 0) {
         throw new UserError(`refusing to apply ${planPath}: since it was made, ${changed.length === 1 ? 'this router changed' : 'these routers changed'}: ${changed.join(', ')}; run plan --live --out again`);
       }
-      const skipped = saved.nodes.filter((n) => n.error).map((n) => n.node);
-      if (skipped.length > 0) note(`the plan could not read ${skipped.join(', ')}; ${skipped.length === 1 ? 'it is' : 'they are'} left out`);
+
     } else {
       ({ live, reads, events } = await livePlan(l, opts, sessions, parallel, keys, l.state));
     }
@@ -371,10 +402,16 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
       throw new UserError(`objects that are not onionctl's are in the way on ${conflicts.map((n) => n.node).join(', ')} (marked ! above); nothing was changed`);
     }
     const t = totals(live.nodes);
+    const unread = readErrors(live.nodes).length;
     if (t.add + t.change + t.destroy === 0 && live.rekeys.length === 0) {
+      if (unread > 0) {
+        // nothing pushed: nothing of this plan is committed to the state either
+        out(`\nNothing applied: ${unread} of ${live.nodes.length} nodes could not be read (listed first); the ones read match the plan. The state was not changed.\n`);
+        return 1;
+      }
       if (l.fresh || l.resumed || live.state.serial !== l.state.serial) await saveStateMarked(l.paths, live.state);
       out('\nNo changes: every router matches the plan.\n');
-      return readErrors(live.nodes).length > 0 ? 1 : 0;
+      return 0;
     }
     out('\nApplying:\n');
     return await push(l, live, reads, keys, sessions, parallel, lock, 'Apply complete');
@@ -410,12 +447,14 @@ async function destroyLocked(l: Loaded, lock: Lock, topology: string, opts: Live
       r.observed ? { node: r.node, changes: removalChanges(r.observed), conflicts: [] } : { node: r.node, error: r.error ?? 'not read', changes: [], conflicts: [] },
     );
     const live: LivePlan = { state: l.state, events: [], configs: emptyConfigs(l.net, nodes), nodes: planned, rekeys: [] };
+    out(notReadText(planned));
     out(formatChanges(planned.filter((n) => !n.error)));
-    for (const e of readErrors(planned)) out(`${e}\n`);
     const t = totals(planned);
+    const unread = readErrors(planned).length;
     if (t.destroy === 0) {
-      out('\nNothing to destroy: no router holds anything of onionctl\'s.\n');
-      return readErrors(planned).length > 0 ? 1 : 0;
+      if (unread > 0) out(`\nNothing destroyed: ${unread} of ${planned.length} nodes could not be read (listed first); the ones read hold nothing of onionctl's.\n`);
+      else out('\nNothing to destroy: no router holds anything of onionctl\'s.\n');
+      return unread > 0 ? 1 : 0;
     }
     out('\nDestroying:\n');
     return await push(l, live, reads, keys, sessions, parallel, lock, 'Destroy complete');
@@ -485,7 +524,26 @@ export async function rekeyCommand(topology: string, opts: RekeyOpts, deps: Live
   return locked(topology, opts, `rekey ${topology}`, (l, lock) => rekeyLocked(l, lock, topology, opts, deps, grace));
 }
 
+/** circuits named on the command line: known before any router is contacted */
+function checkCircuitNames(l: Loaded, names: string[] | undefined): void {
+  const known = new Set(l.net.circuits.map((c) => c.name));
+  const bad = (names ?? []).filter((n) => !known.has(n) || !l.state.circuits[n]);
+  if (bad.length > 0) {
+    const list = Object.keys(l.state.circuits).join(', ') || 'none';
+    throw new UserError(`no circuit ${bad.map((b) => escapeControl(b, 64)).join(', ')} (circuits${l.fresh ? ' in the state: none yet; run apply first' : `: ${list}`})`);
+  }
+}
+
+/** rekey and rotate change both ends of SAs: every node must have been read, else nothing changes */
+function requireAllRead(live: LivePlan, what: string): void {
+  const unread = live.nodes.filter((n) => n.error);
+  if (unread.length === 0) return;
+  out(notReadText(live.nodes));
+  throw new UserError(`${what} changes SAs on both of their ends, so it needs every node; ${unread.map((n) => n.node).join(', ')} could not be read. Nothing was changed and the state is as it was`);
+}
+
 async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyOpts, deps: LiveDeps, grace: number): Promise<number> {
+  checkCircuitNames(l, opts.circuit);
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
@@ -504,6 +562,7 @@ async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyO
       }
       return { state: st, events };
     });
+    requireAllRead(first.live, 'rekey');
     if (picked.length === 0) {
       out('Nothing to rekey: no SA is due.\n');
       return 0;
@@ -566,6 +625,7 @@ export async function rotateCommand(topology: string, opts: RotateOpts, deps: Li
 }
 
 async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: RotateOpts, deps: LiveDeps, maxAgeMs: number | undefined): Promise<number> {
+  checkCircuitNames(l, opts.circuit);
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
@@ -578,6 +638,7 @@ async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: Rotat
       const r = rotateCircuits(l.net, s, names, liveRngFactory(opts.seed ? `${opts.seed}/rotate/${now.toISOString()}` : undefined), now.toISOString());
       return { state: r.state, events: r.events.map(describeEvent) };
     });
+    requireAllRead(plan.live, 'rotate');
     if (names.length === 0) {
       out(`Nothing to rotate: no circuit is older than ${opts.maxAge}.\n`);
       return 0;

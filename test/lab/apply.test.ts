@@ -399,7 +399,8 @@ maybe('apply, plan --live, destroy and status on the lab routers (one lab, steps
     expect(failed.stdout).toMatch(/^alice: error: .*authentication/m);
     expect(failed.stdout).toMatch(/^or3: error: .*eth0/m);
     expect(failed.stdout).not.toMatch(/^or2: error/m);
-    expect(failed.stdout).toMatch(/ on 1 of 4 nodes/);
+    expect(failed.stdout).toMatch(/Apply incomplete: .* on 1 of 4 nodes/);
+    expect(failed.stdout).not.toMatch(/Apply complete/);
     expect(failed.stdout + failed.stderr).not.toMatch(STACK_LINE);
     expect(await stateValid(lab.ctl.state)).toBe(true);
     expect(existsSync(`${lab.ctl.state}.lock`)).toBe(false);
