@@ -13,6 +13,25 @@ import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveHighWat
 import { planMacKey } from '../plan/saved.js';
 import { behindMark, raiseMark, resumeBehind, type HighWater } from '../state/high-water.js';
 
+/** a topology of 10,000 routers is a few MiB */
+export const MAX_TOPOLOGY_BYTES = 64 * 1024 * 1024;
+
+/** what an operating-system error means, in words (with its code for a search) */
+export function fsReason(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  const words: Record<string, string> = {
+    ENOENT: 'no such file',
+    EISDIR: 'it is a directory',
+    ENOTDIR: 'a part of the path is not a directory',
+    EACCES: 'permission denied',
+    EPERM: 'operation not permitted',
+    ELOOP: 'too many symbolic links',
+    EEXIST: 'it exists already',
+    ENAMETOOLONG: 'the name is too long',
+  };
+  return code && words[code] ? `${words[code]} (${code})` : code ?? (e as Error).message;
+}
+
 export interface Paths {
   topology: string;
   state: string;
@@ -39,10 +58,15 @@ export function defaultPaths(topology: string, o: { state?: string; secret?: str
 export async function readTopology(file: string): Promise<{ topology: Topology; net: Net }> {
   let text: string;
   try {
+    const st = await fs.stat(file);
+    if (st.isDirectory()) throw new UserError(`cannot read topology ${file}: it is a directory (give the YAML file)`);
+    if (st.size > MAX_TOPOLOGY_BYTES) throw new UserError(`cannot read topology ${file}: it is ${Math.round(st.size / 1024 / 1024)} MiB, more than any topology (limit ${MAX_TOPOLOGY_BYTES / 1024 / 1024} MiB)`);
     text = await fs.readFile(file, 'utf8');
   } catch (e) {
-    throw new UserError(`cannot read topology ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+    if (e instanceof UserError) throw e;
+    throw new UserError(`cannot read topology ${file}: ${fsReason(e)}`, { cause: e });
   }
+  if (text.includes('\0')) throw new UserError(`topology ${file} is not a text file (it holds NUL bytes)`);
   const { topology } = parseTopology(text, file);
   return { topology, net: buildNet(topology) };
 }

@@ -5,7 +5,7 @@ import { keyStoreId } from '../keys/kdf.js';
 import { computePlan, filesDigest, planJson, planText, renderAll } from '../plan/plan.js';
 import type { RenderedFile } from '../render/render.js';
 import { loadTemplates, packageVersion, unsafeDirectory, UserError, writeFileAtomic } from '../util/files.js';
-import { defaultPaths, openKeys, readState, readTopology, saveStateMarked } from './context.js';
+import { defaultPaths, fsReason, openKeys, readState, readTopology, saveStateMarked } from './context.js';
 import type { PlanOpts } from './main.js';
 
 const out = (s: string) => process.stdout.write(s);
@@ -27,8 +27,28 @@ const MANIFEST = '.onionctl-files';
  * Writes the files and removes the ones a previous run wrote that this run did not (a router
  * that left the topology), so that a diff of the directory shows the removal too.
  */
+/** --out-dir must be (or become) a directory: checked before the state is saved or anything is written */
+export async function prepareOutDir(dir: string, secret: boolean): Promise<void> {
+  const st = await fs.lstat(dir).catch(() => undefined);
+  if (st?.isSymbolicLink()) {
+    const target = await fs.stat(dir).catch(() => undefined);
+    if (!target) throw new UserError(`--out-dir ${dir} is a symbolic link to nothing; give a directory`);
+    if (secret) throw new UserError(`--out-dir ${dir} is a symbolic link; onionctl writes key files only into the directory itself (give its real path)`);
+    if (!target.isDirectory()) throw new UserError(`--out-dir ${dir} is not a directory`);
+    return;
+  }
+  if (st && !st.isDirectory()) throw new UserError(`--out-dir ${dir} is a file, not a directory`);
+  if (!st) {
+    try {
+      await fs.mkdir(dir, { recursive: true, mode: secret ? 0o700 : 0o755 });
+    } catch (e) {
+      throw new UserError(`cannot create --out-dir ${dir}: ${fsReason(e)}`);
+    }
+  }
+}
+
 export async function writeOutDir(dir: string, files: RenderedFile[], secret: boolean): Promise<void> {
-  await fs.mkdir(dir, { recursive: true, mode: secret ? 0o700 : 0o755 });
+  await prepareOutDir(dir, secret);
   const st = await fs.lstat(dir);
   if (st.isSymbolicLink()) throw new UserError(`--out-dir ${dir} is a symbolic link; onionctl writes only into the directory itself (give its real path)`);
   if (!st.isDirectory()) throw new UserError(`--out-dir ${dir} is not a directory`);
@@ -76,6 +96,8 @@ export async function planCommand(topology: string, opts: PlanOpts): Promise<num
   if (opts.withKeys && !opts.saveState && (fresh || plan.events.length > 0)) {
     throw new UserError('--with-keys with --no-save-state would write keys of SAs the state does not keep (a later plan could hand their SPIs out again); save the state, or leave out --with-keys');
   }
+  // a bad --out-dir is found before the state is saved: nothing half done
+  if (opts.outDir) await prepareOutDir(opts.outDir, opts.withKeys === true);
   if (opts.saveState && (fresh || resumed || plan.events.length > 0)) {
     await saveStateMarked(paths, plan.state);
   }

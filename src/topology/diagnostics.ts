@@ -5,6 +5,8 @@
  *      12 |     operator: acme2
  *         |               ^
  */
+import { escapeControl } from '../util/text.js';
+
 export interface Diagnostic {
   file: string;
   /** 1-based */
@@ -23,8 +25,36 @@ export class TopologyError extends Error {
   }
 }
 
+/** the message may quote the file (an unknown key): escaped and bounded like the excerpt */
 export function formatDiagnosticHeader(d: Diagnostic): string {
-  return `${d.file}:${d.line}:${d.col}: ${d.message}`;
+  return `${escapeControl(d.file, 300)}:${d.line}:${d.col}: ${escapeControl(d.message, 500)}`;
+}
+
+/** how much of a source line is shown: the part around the column */
+export const EXCERPT_CHARS = 100;
+const BEFORE = 40;
+
+/**
+ * The source line around the column, at most EXCERPT_CHARS of it, every control character
+ * escaped (a binary file or a one-megabyte line must not flood or drive the terminal), with the
+ * caret still under the column.
+ */
+export function excerpt(source: string, col: number): { text: string; lead: string } {
+  const at = Math.max(0, Math.min(col - 1, source.length));
+  // a line that fits is shown whole; a longer one from where the column can still be seen
+  const i0 = source.length <= EXCERPT_CHARS || at < EXCERPT_CHARS - 20 ? 0 : at - BEFORE;
+  const i1 = Math.min(source.length, i0 + EXCERPT_CHARS);
+  let text = i0 > 0 ? '...' : '';
+  let lead = i0 > 0 ? '   ' : '';
+  for (let i = i0; i < i1; i++) {
+    const ch = source[i]!;
+    // tabs stay tabs, so that the caret line lines up; everything unsafe is shown escaped
+    const shown = ch === '\t' ? '\t' : escapeControl(ch);
+    text += shown;
+    if (i < at) lead += ch === '\t' ? '\t' : ' '.repeat(shown.length);
+  }
+  if (i1 < source.length) text += ` ... (${source.length - i1} more characters)`;
+  return { text, lead };
 }
 
 export function formatDiagnostic(d: Diagnostic): string {
@@ -32,9 +62,8 @@ export function formatDiagnostic(d: Diagnostic): string {
   if (d.source === undefined) return head;
   const num = String(d.line);
   const pad = ' '.repeat(num.length);
-  // Tabs in the source would shift the caret; keep them as tabs under the caret too.
-  const lead = d.source.slice(0, d.col - 1).replace(/[^\t]/g, ' ');
-  return `${head}\n ${num} | ${d.source}\n ${pad} | ${lead}^`;
+  const x = excerpt(d.source, d.col);
+  return `${head}\n ${num} | ${x.text}\n ${pad} | ${x.lead}^`;
 }
 
 /** Maps offsets in a text to 1-based line and column. */

@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, promises as fs, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fingerprint } from '../../src/keys/kdf.js';
+import { isTerminalSafe } from '../../src/util/text.js';
 import { parseTopology } from '../../src/topology/load.js';
 import { BAD_CASES } from '../helpers/bad-fixtures.js';
 import {
@@ -398,14 +399,14 @@ describe('errors at the command line', () => {
       const r = results[usage.length + i]!;
       expect([cmd, r.code]).toEqual([cmd, 1]);
       expect(r.stdout).toBe('');
-      expect(r.stderr).toBe('onionctl: error: cannot read topology missing.yaml: ENOENT\n');
+      expect(r.stderr).toBe('onionctl: error: cannot read topology missing.yaml: no such file (ENOENT)\n');
     }
   });
 
   test('a directory instead of a file: one line, exit 1', () => {
     const r = results[usage.length + 2]!;
     expect(r.code).toBe(1);
-    expect(r.stderr).toBe('onionctl: error: cannot read topology adir: EISDIR\n');
+    expect(r.stderr).toBe('onionctl: error: cannot read topology adir: it is a directory (give the YAML file)\n');
   });
 
   test('--with-keys without --out-dir is refused before anything is written', async () => {
@@ -512,5 +513,41 @@ describe('a state file put back behind its high-water mark (issue 11, defect 1)'
     }
     // and it is no longer behind
     expectOk(await run(['plan', topo, '--seed', 's1']));
+  });
+});
+
+describe('filesystem mistakes and files that are not topologies (issue 15, defect 7)', () => {
+  test('--out-dir that is a file, or a link to nothing: exit 1 with what is wrong, no "bug in onionctl", the state not saved', async () => {
+    const dir = await dirWith({ 't.yaml': THREE, afile: '' });
+    await fs.symlink(path.join(dir, 'nowhere', 'x'), path.join(dir, 'dangling'));
+    for (const [arg, re] of [['afile', /--out-dir \S*afile is a file, not a directory/], ['dangling', /--out-dir \S*dangling is a symbolic link to nothing/]] as const) {
+      const r = await run(['plan', path.join(dir, 't.yaml'), '--out-dir', path.join(dir, arg)]);
+      expect({ arg, code: r.code }).toEqual({ arg, code: 1 });
+      expect(r.stderr).toMatch(re);
+      expect(r.stderr).not.toMatch(/bug in onionctl/);
+      expectClean(r);
+    }
+    expect(await exists(path.join(dir, 't.state.json'))).toBe(false);
+  });
+
+  test('a binary file, a one-megabyte line and escapes in a topology: short, escaped diagnostics', async () => {
+    const bin = Buffer.alloc(4096);
+    for (let i = 0; i < bin.length; i++) bin[i] = (i * 73 + 11) % 256;
+    const long = 'a: ' + 'x'.repeat(1_000_000) + '\n';
+    const esc = 'version: 1\n\u001b[2Jevil\u001b]52;c;ZXZpbA==\u0007: 1\n';
+    const dir = await dirWith({ 'bin.yaml': '', 'long.yaml': long, 'esc.yaml': esc });
+    await fs.writeFile(path.join(dir, 'bin.yaml'), bin);
+    const b = await run(['validate', path.join(dir, 'bin.yaml')]);
+    expect(b.code).toBe(1);
+    expect(b.stderr).toMatch(/bin\.yaml is not a text file \(it holds NUL bytes\)/);
+    const l = await run(['validate', path.join(dir, 'long.yaml')]);
+    expect(l.code).toBe(1);
+    expect(l.stderr.length).toBeLessThan(5000);
+    expect(l.stderr).toMatch(/x{50,100} \.\.\. \(\d+ more characters\)/);
+    const e = await run(['validate', path.join(dir, 'esc.yaml')]);
+    expect(e.code).toBe(1);
+    expect(isTerminalSafe(e.stderr)).toBe(true);
+    expect(e.stderr).toContain('\\x1b[2J');
+    for (const r of [b, l, e]) expectClean(r);
   });
 });
