@@ -176,7 +176,8 @@ async function livePlan(
   const now = new Date().toISOString();
   const nodes = topologyNodes(l.net);
   const expired = expireRetiring(base, now);
-  const planned = computePlan({ net: l.net, state: expired.state, rngFor: liveRngFactory(opts.seed), now });
+  const rngFor = liveRngFactory(opts.seed);
+  const planned = computePlan({ net: l.net, state: expired.state, rngFor, now });
   const progress = cliProgress(nodes);
   let reads: Map<string, NodeRead>;
   try {
@@ -192,7 +193,7 @@ async function livePlan(
     state = m.state;
     events.push(...m.events);
   }
-  const live = planAgainst(l.net, state, reads, keys.source, liveRngFactory(opts.seed));
+  const live = planAgainst(l.net, state, reads, keys.source, rngFor);
   return { live, reads, events };
 }
 
@@ -283,15 +284,14 @@ function report(results: NodeResult[], verb: string, signal: AbortSignal, unread
   const failed = results.filter((r) => !r.ok);
   const t = results.filter((r) => r.ok).reduce((a, r) => ({ add: a.add + r.counts.add, change: a.change + r.counts.change, destroy: a.destroy + r.counts.destroy }), { add: 0, change: 0, destroy: 0 });
   for (const r of failed) out(`${r.node}: error: ${r.error}\n`);
-  // the results name every node, the unread ones failed with their read error; say which is which
+  // pushChanges gives a result for every node, the unread ones failed with their read error:
+  // say which failed while pushing and which could not be read
   const unreadSet = new Set(unread);
-  const inResults = new Set(results.map((r) => r.node));
   const pushFailed = failed.filter((r) => !unreadSet.has(r.node)).map((r) => r.node);
-  const notRead = [...failed.filter((r) => unreadSet.has(r.node)).map((r) => r.node), ...unread.filter((n) => !inResults.has(n))];
+  const notRead = failed.filter((r) => unreadSet.has(r.node)).map((r) => r.node);
   const bad = [...pushFailed, ...notRead];
-  const all = results.length + unread.filter((n) => !inResults.has(n)).length;
   const words = bad.length > 0 || signal.aborted ? (INCOMPLETE[verb] ?? `${verb} (with errors)`) : verb;
-  out(`\n${words}: ${t.add} added, ${t.change} changed, ${t.destroy} destroyed on ${results.length - failed.length} of ${all} nodes.\n`);
+  out(`\n${words}: ${t.add} added, ${t.change} changed, ${t.destroy} destroyed on ${results.length - failed.length} of ${results.length} nodes.\n`);
   if (bad.length > 0) {
     const parts = [pushFailed.length > 0 ? `${pushFailed.length} failed` : '', notRead.length > 0 ? `${notRead.length} could not be read` : ''].filter(Boolean).join(', ');
     out(`${parts} (${bad.join(', ')}); the others are done. Fix the cause and run apply again: it picks up from what each router holds.\n`);
@@ -392,7 +392,6 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
       if (changed.length > 0) {
         throw new UserError(`refusing to apply ${planPath}: since it was made, ${changed.length === 1 ? 'this router changed' : 'these routers changed'}: ${changed.join(', ')}; run plan --live --out again`);
       }
-
     } else {
       ({ live, reads, events } = await livePlan(l, opts, sessions, parallel, keys, l.state));
     }
@@ -556,8 +555,9 @@ async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyO
       // one copy of the state, not one per SA (quadratic with rekey --all on a large network)
       const st = structuredClone(s);
       const events: string[] = [];
+      const rngFor = liveRngFactory(undefined);
       for (const { ref, why } of picked) {
-        const r = rekeySaInPlace(st, ref, { retireUntil, rngFor: liveRngFactory(undefined) });
+        const r = rekeySaInPlace(st, ref, { retireUntil, rngFor });
         events.push(`${refText(ref)}: spi 0x${r.old.spi.toString(16)} -> 0x${r.now.spi.toString(16)}, epoch ${r.now.epoch} (${why})`);
       }
       return { state: st, events };
@@ -632,8 +632,8 @@ async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: Rotat
     let names: string[] = [];
     const now = new Date();
     const plan = await livePlan(l, opts, sessions, parallel, keys, l.state, (s) => {
+      // --circuit names were checked before connecting (checkCircuitNames); --max-age names come from s
       names = maxAgeMs !== undefined ? scheduleFor(l.net, s, new Map(), now, maxAgeMs / 1000).oldCircuits.map((c) => c.circuit) : opts.circuit!;
-      for (const n of names) if (!s.circuits[n]) throw new UserError(`no circuit ${n} (circuits: ${Object.keys(s.circuits).join(', ') || 'none'})`);
       if (names.length === 0) return { state: s, events: [] };
       const r = rotateCircuits(l.net, s, names, liveRngFactory(opts.seed ? `${opts.seed}/rotate/${now.toISOString()}` : undefined), now.toISOString());
       return { state: r.state, events: r.events.map(describeEvent) };

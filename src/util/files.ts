@@ -150,21 +150,31 @@ export async function loadOrCreateSecret(file: string): Promise<{ secret: Buffer
   throw new UserError(`key secret ${file} keeps appearing and vanishing (a dangling link, or another program); look at it`);
 }
 
-export async function loadState(file: string): Promise<{ state: State; fresh: boolean }> {
-  const text = await readPrivateFile(file, 'state file', STATE_MAX);
-  if (text === undefined) return { state: emptyState(randomBytes(32).toString('hex')), fresh: true };
+const dotted = (p: readonly PropertyKey[]) => p.map(String).join('.') || '(top)';
+
+/**
+ * A private file's text as JSON checked against `schema`; `where` says where in the file the
+ * first problem is (the path, dotted, unless the file's keys need quoting).
+ */
+function parseChecked<T>(text: string, file: string, what: string, schema: z.ZodType<T>, where: (path: readonly PropertyKey[]) => string = dotted): T {
   let raw: unknown;
   try {
     raw = parseJson(text);
   } catch (e) {
-    throw new UserError(`state file ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
+    throw new UserError(`${what} ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
   }
-  const parsed = StateSchema.safeParse(raw);
+  const parsed = schema.safeParse(raw);
   if (!parsed.success) {
     const i = parsed.error.issues[0]!;
-    throw new UserError(`state file ${file} is damaged at ${i.path.join('.') || '(top)'}: ${i.message}`);
+    throw new UserError(`${what} ${file} is damaged at ${where(i.path)}: ${i.message}`);
   }
-  return { state: parsed.data, fresh: false };
+  return parsed.data;
+}
+
+export async function loadState(file: string): Promise<{ state: State; fresh: boolean }> {
+  const text = await readPrivateFile(file, 'state file', STATE_MAX);
+  if (text === undefined) return { state: emptyState(randomBytes(32).toString('hex')), fresh: true };
+  return { state: parseChecked(text, file, 'state file', StateSchema), fresh: false };
 }
 
 export async function saveState(file: string, state: State): Promise<void> {
@@ -175,18 +185,7 @@ export async function saveState(file: string, state: State): Promise<void> {
 export async function loadHighWater(file: string): Promise<HighWater> {
   const text = await readPrivateFile(file, 'high-water mark', HIGH_WATER_MAX);
   if (text === undefined) return emptyHighWater();
-  let raw: unknown;
-  try {
-    raw = parseJson(text);
-  } catch (e) {
-    throw new UserError(`high-water mark ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
-  const parsed = HighWaterSchema.safeParse(raw);
-  if (!parsed.success) {
-    const i = parsed.error.issues[0]!;
-    throw new UserError(`high-water mark ${file} is damaged at ${i.path.join('.') || '(top)'}: ${i.message}`);
-  }
-  return parsed.data;
+  return parseChecked(text, file, 'high-water mark', HighWaterSchema);
 }
 
 export async function saveHighWater(file: string, hw: HighWater): Promise<void> {
@@ -200,18 +199,8 @@ const KeyStoreSchema = z.record(z.string().min(1).max(400), z.string().regex(/^(
 export async function loadKeyStore(file: string): Promise<Record<string, string>> {
   const text = await readPrivateFile(file, 'key store', STORE_MAX);
   if (text === undefined) return {};
-  let raw: unknown;
-  try {
-    raw = parseJson(text);
-  } catch (e) {
-    throw new UserError(`key store ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
-  const parsed = KeyStoreSchema.safeParse(raw);
-  if (!parsed.success) {
-    const i = parsed.error.issues[0]!;
-    throw new UserError(`key store ${file} is damaged at ${JSON.stringify(String(i.path[0] ?? '(top)')).slice(0, 80)}: ${i.message}`);
-  }
-  return parsed.data;
+  // the keys of a key store are its entries' ids: quoted and bounded, as the file is not trusted
+  return parseChecked(text, file, 'key store', KeyStoreSchema, (p) => JSON.stringify(String(p[0] ?? '(top)')).slice(0, 80));
 }
 
 /** The package root: the nearest directory above this module whose package.json is onionctl's. */

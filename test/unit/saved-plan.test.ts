@@ -158,19 +158,26 @@ describe('the state inside, checked as if it had been planned', () => {
 describe('the built CLI', () => {
   const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 
-  test('apply TOPOLOGY PLAN: a forged plan sealed with the right secret is refused for its state, a tampered one as not authentic, before any router is contacted', async () => {
+  /** a directory with three-mixes as t.yaml and its secret (no state: plans are made from nothing) */
+  async function project(): Promise<{ dir: string; topo: string; sealed(s: State, created: Date): string }> {
     const dir = await tempDir();
     const topo = path.join(dir, 't.yaml');
     const topoText = await fs.readFile(path.join(EXAMPLES, 'three-mixes.yaml'), 'utf8');
     await fs.writeFile(topo, topoText);
-    // make the secret (and no state: the plan is planned from nothing)
     expect((await run(['plan', topo, '--no-save-state'])).code).toBe(0);
     const sec = Buffer.from((await fs.readFile(path.join(dir, 't.secret'), 'utf8')).trim(), 'hex');
+    /** a plan of state `s` made at `created` for this topology, sealed with this secret */
+    const sealed = (st: State, created: Date) =>
+      sealPlan({ ...planOf(st, created), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } }, planMacKey(sec));
+    return { dir, topo, sealed };
+  }
+
+  test('apply TOPOLOGY PLAN: a forged plan sealed with the right secret is refused for its state, a tampered one as not authentic, before any router is contacted', async () => {
+    const { dir, topo, sealed } = await project();
     const s = planned();
     s.circuits.web!.hops = ['or3', 'or2', 'or3'];
-    const p: SavedPlan = { ...planOf(s, new Date()), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } };
     const file = path.join(dir, 'forged.json');
-    await fs.writeFile(file, sealPlan(p, planMacKey(sec)), { mode: 0o600 });
+    await fs.writeFile(file, sealed(s, new Date()), { mode: 0o600 });
     const r = await run(['apply', topo, file, '--connect-timeout', '1']);
     expect(r.code).toBe(1);
     expect(r.stdout + r.stderr).not.toMatch(STACK_LINE);
@@ -187,19 +194,13 @@ describe('the built CLI', () => {
   });
 
   test('an old saved plan applied again after the state was deleted is refused: its state was pushed before (the high-water mark says so)', async () => {
-    const dir = await tempDir();
-    const topo = path.join(dir, 't.yaml');
-    const topoText = await fs.readFile(path.join(EXAMPLES, 'three-mixes.yaml'), 'utf8');
-    await fs.writeFile(topo, topoText);
-    expect((await run(['plan', topo, '--no-save-state'])).code).toBe(0);
-    const sec = Buffer.from((await fs.readFile(path.join(dir, 't.secret'), 'utf8')).trim(), 'hex');
+    const { dir, topo, sealed } = await project();
     const s = planned('c4'.repeat(32));
     // what the first apply of this plan left beside the secret; the state file itself is gone
     const mark = { format: 'onionctl-high-water/v1', states: { [s.salt]: { serial: s.serial, spi: s.next.spi, reqid: s.next.reqid, updated: new Date().toISOString() } } };
     await fs.writeFile(path.join(dir, 't.secret.high-water.json'), JSON.stringify(mark), { mode: 0o600 });
-    const p: SavedPlan = { ...planOf(s, new Date()), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } };
     const file = path.join(dir, 'old.json');
-    await fs.writeFile(file, sealPlan(p, planMacKey(sec)), { mode: 0o600 });
+    await fs.writeFile(file, sealed(s, new Date()), { mode: 0o600 });
     const r = await run(['apply', topo, file, '--connect-timeout', '1']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/refusing to apply \S+old\.json: its state was saved and pushed before \(the state it was planned from is gone, but its high-water mark in \S+ is there\)/);
@@ -207,15 +208,9 @@ describe('the built CLI', () => {
   });
 
   test('a plan older than --max-plan-age is refused; a usable age is a duration', async () => {
-    const dir = await tempDir();
-    const topo = path.join(dir, 't.yaml');
-    const topoText = await fs.readFile(path.join(EXAMPLES, 'three-mixes.yaml'), 'utf8');
-    await fs.writeFile(topo, topoText);
-    expect((await run(['plan', topo, '--no-save-state'])).code).toBe(0);
-    const sec = Buffer.from((await fs.readFile(path.join(dir, 't.secret'), 'utf8')).trim(), 'hex');
-    const p: SavedPlan = { ...planOf(planned(), new Date(Date.now() - 2 * 3600_000)), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } };
+    const { dir, topo, sealed } = await project();
     const file = path.join(dir, 'aged.json');
-    await fs.writeFile(file, sealPlan(p, planMacKey(sec)), { mode: 0o600 });
+    await fs.writeFile(file, sealed(planned(), new Date(Date.now() - 2 * 3600_000)), { mode: 0o600 });
     const r = await run(['apply', topo, file, '--max-plan-age', '1h', '--connect-timeout', '1']);
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/plan \S+aged\.json is too old \(made .*, limit 60 min; --max-plan-age\); make a new one/);

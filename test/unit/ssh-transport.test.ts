@@ -37,6 +37,18 @@ const answerOk = (stream: ExecStream) => {
   stream.end();
 };
 
+/** A router that prints 64 MiB of "A" as fast as the channel takes it (far past any cap under test). */
+const printWithoutEnd = (st: ExecStream) => {
+  const chunk = Buffer.alloc(64 * 1024, 0x41);
+  let sent = 0;
+  const pump = () => {
+    while (sent < 64 * 1024 * 1024 && st.write(chunk)) sent += chunk.length;
+    if (sent < 64 * 1024 * 1024) st.once('drain', pump);
+  };
+  st.on('error', () => {});
+  pump();
+};
+
 /** An SSH server that accepts any public key and answers every command with `answer` ("ok" by default). */
 async function server(hostKey: string | Buffer, algorithms?: ssh2.ServerConfig['algorithms'], answer: (s: ExecStream) => void = answerOk): Promise<number> {
   const srv = new Server({ hostKeys: [hostKey], ...(algorithms ? { algorithms } : {}) }, (client) => {
@@ -173,16 +185,7 @@ describe('what a hostile router prints', () => {
   });
 
   test('a router that prints without end: that command fails once past the cap, and the controller stops reading', async () => {
-    const chunk = Buffer.alloc(64 * 1024, 0x41);
-    const t = await connected((st) => {
-      let sent = 0;
-      const pump = () => {
-        while (sent < 64 * 1024 * 1024 && st.write(chunk)) sent += chunk.length;
-        if (sent < 64 * 1024 * 1024) st.once('drain', pump);
-      };
-      st.on('error', () => {});
-      pump();
-    }, 1024 * 1024);
+    const t = await connected(printWithoutEnd, 1024 * 1024);
     try {
       const e = await t.exec(['ip', 'xfrm', 'state']).then(() => undefined, (x: unknown) => x);
       expect(e).toBeInstanceOf(TransportError);
@@ -204,17 +207,8 @@ describe('one bad router does not stop the fleet (issue 11, defect 4)', () => {
   test('readFleet over real SSH: a router that prints without end and one that answers escapes fail alone; the genuine one is read', async () => {
     const genuine = readFileSync(path.join(ROOT, 'test/fixtures/hostile/router/genuine.txt'), 'utf8');
     const escaped = readFileSync(path.join(ROOT, 'test/fixtures/hostile/router/state-escapes.txt'), 'utf8');
-    const chunk = Buffer.alloc(64 * 1024, 0x41);
     const answers: Record<string, (s: ExecStream) => void> = {
-      or1: (st) => {
-        let sent = 0;
-        const pump = () => {
-          while (sent < 64 * 1024 * 1024 && st.write(chunk)) sent += chunk.length;
-          if (sent < 64 * 1024 * 1024) st.once('drain', pump);
-        };
-        st.on('error', () => {});
-        pump();
-      },
+      or1: printWithoutEnd,
       or2: (st) => {
         st.write(genuine);
         st.exit(0);
