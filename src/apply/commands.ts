@@ -22,7 +22,6 @@ import type { OwnedChain } from '../readback/observed.js';
 import { NFT_TABLE, OWNER_COMMENT, policyLine, renderIptables, renderNft, routeLine, stateLine, type Templates } from '../render/render.js';
 import type { Change } from '../diff/diff.js';
 import { orderChanges, phaseOf } from '../diff/order.js';
-import { withoutExistingJumps } from './push.js';
 
 export const STAGES = ['receive', 'install', 'configure', 'retire', 'drain'] as const;
 export type Stage = (typeof STAGES)[number];
@@ -222,4 +221,30 @@ export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly 
     }
   }
   return steps;
+}
+
+const JUMP = /^-A (\S+) -m comment --comment "?onionctl"? -j (ONIONCTL-\S+)$/;
+
+/**
+ * iptables-restore --noflush flushes onionctl's own chains when it declares them, but cannot
+ * "add a rule unless present" in a built-in chain: drop the jump lines that the router already
+ * has, so that applying twice leaves exactly one jump.
+ */
+export function withoutExistingJumps(input: string, iptablesSave: string): string {
+  const have = new Set<string>();
+  let table = '';
+  for (const line of iptablesSave.split('\n')) {
+    if (line.startsWith('*')) table = line.slice(1).trim();
+    const m = JUMP.exec(line.trim());
+    if (m) have.add(`${table} ${m[1]} ${m[2]}`);
+  }
+  table = '';
+  return input
+    .split('\n')
+    .filter((line) => {
+      if (line.startsWith('*')) table = line.slice(1).trim();
+      const m = JUMP.exec(line.trim());
+      return !(m && have.has(`${table} ${m[1]} ${m[2]}`));
+    })
+    .join('\n');
 }

@@ -45,9 +45,6 @@ export interface NodeRead {
 }
 
 /** Every node of the topology (routers then clients, in topology order). */
-export function topologyNodes(net: Net): string[] {
-  return [...[...net.routers.values()].sort((a, b) => a.index - b.index), ...[...net.clients.values()].sort((a, b) => a.index - b.index)].map((n) => n.name);
-}
 
 export function sysctlKeys(configs: Map<string, NodeConfig>, node: string): string[] {
   return configs.get(node)?.sysctls.map((s) => s.key) ?? [];

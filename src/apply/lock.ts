@@ -6,7 +6,7 @@
  */
 import { promises as fs, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
-import { UserError } from '../util/files.js';
+import { UserError } from '../util/errors.js';
 
 export interface LockInfo {
   user: string;

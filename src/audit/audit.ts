@@ -16,13 +16,13 @@
  *                ends, with a layer for every hop still ahead (forward) or behind (replies);
  *  - delivery:   the planned policies carry a packet to the destination and the reply back.
  */
-import { formatIPv4, parseCidr, parseIPv4 } from '../net/addr.js';
+import { formatDest, formatIPv4, parseCidr, parseIPv4 } from '../net/addr.js';
 import type { NodeConfig } from '../model/config.js';
 import { PathSpace, constraintsFor } from '../pathselect/select.js';
 import { buildConfigs } from '../spd/build.js';
 import type { CircuitState, State } from '../state/model.js';
 import { linkKey, type Net } from '../topology/net.js';
-import { destLabel, observe, type AddrClass, type ObservationTable, type ObservedRow } from './observe.js';
+import { observe, type AddrClass, type ObservationTable, type ObservedRow } from './observe.js';
 
 export type InvariantName = 'path' | 'operators' | 'separation' | 'client-hidden' | 'destination-hidden' | 'esp-only' | 'delivery';
 
@@ -226,7 +226,7 @@ export function auditState(net: Net, state: State, configs?: Map<string, NodeCon
   for (const cs of circuits) {
     if (!cs.walked) continue;
     const c = state.circuits[cs.name]!;
-    const dests = new Set(c.to.map((t) => destLabel(parseCidr(t))));
+    const dests = new Set(c.to.map((t) => formatDest(parseCidr(t))));
     const entry = c.hops[0]!;
     const exit = c.hops[c.hops.length - 1]!;
     const summarize = (rows: readonly ObservedRow[]) => {

@@ -21,10 +21,11 @@
  * The row format is meant to be compared with a capture (tcpdump on the bridge side of a wire):
  * see rowKey() and compareObservations().
  */
-import { cidrContainsAddr, formatCidr, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
+import { cidrContainsAddr, formatCidr, formatDest, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
 import type { NodeConfig, XfrmPolicy, XfrmTmpl } from '../model/config.js';
 import type { State } from '../state/model.js';
 import { linkKey, type Net } from '../topology/net.js';
+import { OnionctlError } from '../util/errors.js';
 
 /** What an address is, from the point of view of anonymity. */
 export type AddrClass =
@@ -154,7 +155,7 @@ export class AddressBook {
           continue;
         }
         const rep = representative(d);
-        if (!this.dests.has(rep)) this.dests.set(rep, { cidr: d, label: destLabel(d) });
+        if (!this.dests.has(rep)) this.dests.set(rep, { cidr: d, label: formatDest(d) });
       }
     }
     for (const r of net.routers.values()) {
@@ -203,9 +204,6 @@ export function representative(d: Cidr): number {
   return (d.base + 1) >>> 0;
 }
 
-export function destLabel(d: Cidr): string {
-  return d.len === 32 ? formatIPv4(d.base) : formatCidr(d);
-}
 
 export function wirePointId(a: string, b: string): string {
   return `wire:${linkKey(a, b)}`;
@@ -213,7 +211,9 @@ export function wirePointId(a: string, b: string): string {
 
 const MAX_TRANSMISSIONS = 64;
 
-class WalkFailed extends Error {}
+class WalkFailed extends OnionctlError {
+  readonly kind = 'uncaught' as const;
+}
 
 /**
  * Walks every circuit of `state` (those named in net.circuits) through `configs`.
@@ -301,7 +301,7 @@ export function observe(net: Net, state: State, configs: Map<string, NodeConfig>
         continue;
       }
       const D = representative(dest);
-      const dLabel = destLabel(dest);
+      const dLabel = formatDest(dest);
       const serverPoint = `server:${dLabel}`;
       addPoint({ id: serverPoint, kind: 'server', ends: [dLabel] });
       const conntrack = new Map<string, number>();

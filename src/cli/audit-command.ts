@@ -19,7 +19,7 @@ import { adversaryReport, drawCompromised, routerOperators, type AdversaryReport
 import { auditState, type AuditResult } from '../audit/audit.js';
 import { auditJson, formatAudit, type AuditTextContext } from '../audit/report.js';
 import { describeEvent, type State } from '../state/model.js';
-import { UserError } from '../util/files.js';
+import { UserError } from '../util/errors.js';
 import { defaultPaths, readState, readTopology } from './context.js';
 
 export interface AuditOpts {

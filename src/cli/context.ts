@@ -5,11 +5,13 @@ import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { KdfKeySource, StoredKeySource, type KeySource } from '../keys/kdf.js';
-import { parseTopology } from '../topology/load.js';
+import { parseBuildableTopology } from '../pathselect/buildable.js';
 import { buildNet, type Net } from '../topology/net.js';
 import type { Topology } from '../topology/schema.js';
 import type { State } from '../state/model.js';
-import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveHighWater, saveState, UserError, writeFileAtomic } from '../util/files.js';
+import { writeFileAtomic } from '../util/files.js';
+import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveHighWater, saveState } from '../store/files.js';
+import { UserError } from '../util/errors.js';
 import { planMacKey } from '../plan/saved.js';
 import { behindMark, raiseMark, resumeBehind, type HighWater } from '../state/high-water.js';
 
@@ -67,7 +69,7 @@ export async function readTopology(file: string): Promise<{ topology: Topology; 
     throw new UserError(`cannot read topology ${file}: ${fsReason(e)}`, { cause: e });
   }
   if (text.includes('\0')) throw new UserError(`topology ${file} is not a text file (it holds NUL bytes)`);
-  const { topology } = parseTopology(text, file);
+  const { topology } = parseBuildableTopology(text, file);
   return { topology, net: buildNet(topology) };
 }
 

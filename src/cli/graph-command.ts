@@ -10,7 +10,8 @@ import { execa } from 'execa';
 import { computePlan } from '../plan/plan.js';
 import { rngFactory } from '../pathselect/rng.js';
 import { toDot, toMermaid } from '../graph/graph.js';
-import { UserError, writeFileAtomic } from '../util/files.js';
+import { writeFileAtomic } from '../util/files.js';
+import { UserError } from '../util/errors.js';
 import { defaultPaths, readState, readTopology } from './context.js';
 
 export const GRAPH_FORMATS = ['dot', 'mermaid', 'svg', 'png'] as const;

@@ -28,8 +28,8 @@ import { ctlPaths, labDir, readPointer, readRecord, removePointer, writePointer,
 import { CTL_COMMANDS, ctlArgv, labDownInner, labHasNft, labUpInner, rebootNode } from '../lab/run.js';
 import { attachGuest, bootGuest, findGuestProcesses } from '../lab/uml.js';
 import { buildNet } from '../topology/net.js';
-import { parseTopology } from '../topology/load.js';
-import { UserError } from '../util/files.js';
+import { parseBuildableTopology } from '../pathselect/buildable.js';
+import { UserError } from '../util/errors.js';
 
 export type LabSub = 'up' | 'test' | 'down' | 'demo' | 'reboot';
 
@@ -192,7 +192,7 @@ async function up(topology: string, opts: LabOpts): Promise<LabRecord> {
   const topo = path.resolve(topology);
   const existing = await findRecord(topo);
   if (existing) throw new UserError(`a lab for ${topology} is already up (id ${existing.id}); run: onionctl lab down ${topology}`);
-  const { topology: parsed } = parseTopology(await fs.readFile(topo, 'utf8'), topology);
+  const { topology: parsed } = parseBuildableTopology(await fs.readFile(topo, 'utf8'), topology);
   // real addresses never go on a lab wire: the lab builds a copy moved into lab-safe ranges
   const { topology: t, mapping } = remapToLab(parsed);
   const net = buildNet(t);

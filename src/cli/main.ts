@@ -4,10 +4,9 @@
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { TopologyError, formatDiagnostic } from '../topology/diagnostics.js';
-import { PathError } from '../pathselect/select.js';
-import { PlanError } from '../state/reconcile.js';
-import { UserError, packageVersion } from '../util/files.js';
-import { planCommand, validateCommand } from './plan-command.js';
+import { packageVersion } from '../util/files.js';
+import { OnionctlError, UserError } from '../util/errors.js';
+import { planCommand, validateCommand, type PlanOpts } from './plan-command.js';
 import { fractionArg, operatorListArg, type AuditOpts } from './audit-command.js';
 import { formatArg, type GraphOpts } from './graph-command.js';
 import type { LabSub } from './lab-command.js';
@@ -224,17 +223,6 @@ export function buildProgram(): Command {
   return program;
 }
 
-export interface PlanOpts {
-  state?: string;
-  secret?: string;
-  seed?: string;
-  outDir?: string;
-  withKeys?: boolean;
-  json?: boolean;
-  saveState: boolean;
-  acceptRestoredState?: boolean;
-}
-
 /** Exit codes, as Terraform has them (README "Exit codes"). */
 export const EXIT_CODES_HELP = [
   'Exit codes:',
@@ -250,9 +238,9 @@ export function reportError(e: unknown, err: (s: string) => void): number {
     err(`onionctl: ${e.diagnostics.length} error${e.diagnostics.length === 1 ? '' : 's'} in topology\n`);
     return 1;
   }
-  if (e instanceof UserError || e instanceof PlanError || e instanceof PathError || (e instanceof Error && /^(LabError|TransportError|UmlNotFoundError|GuestBootError|GuestNotRunningError|GuestAgentError|GuestExecTimeoutError)$/.test(e.name))) {
+  if (e instanceof OnionctlError && e.exitCode !== 70) {
     err(`onionctl: error: ${e.message}\n`);
-    return 1;
+    return e.exitCode;
   }
   // a usage error is an error (1): 2 means "changes" to CI pipelines using --detailed-exitcode
   if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;

@@ -4,9 +4,10 @@ import { rngFactory } from '../pathselect/rng.js';
 import { keyStoreId } from '../keys/kdf.js';
 import { computePlan, filesDigest, planJson, planText, renderAll } from '../plan/plan.js';
 import type { RenderedFile } from '../render/render.js';
-import { loadTemplates, packageVersion, unsafeDirectory, UserError, writeFileAtomic } from '../util/files.js';
+import { packageVersion, unsafeDirectory, writeFileAtomic } from '../util/files.js';
+import { loadTemplates } from '../store/files.js';
+import { UserError } from '../util/errors.js';
 import { defaultPaths, fsReason, openKeys, readState, readTopology, saveStateMarked } from './context.js';
-import type { PlanOpts } from './main.js';
 
 const out = (s: string) => process.stdout.write(s);
 const note = (s: string) => process.stderr.write(`onionctl: ${s}\n`);
@@ -80,6 +81,17 @@ export async function writeOutDir(dir: string, files: RenderedFile[], secret: bo
     if (!names.has(old) && !old.includes('/')) await fs.rm(path.join(dir, old), { force: true });
   }
   await writeFileAtomic(manifest, `# files written by onionctl plan\n${[...names].join('\n')}\n`, secret ? 0o600 : 0o644);
+}
+
+export interface PlanOpts {
+  state?: string;
+  secret?: string;
+  seed?: string;
+  outDir?: string;
+  withKeys?: boolean;
+  json?: boolean;
+  saveState: boolean;
+  acceptRestoredState?: boolean;
 }
 
 export async function planCommand(topology: string, opts: PlanOpts): Promise<number> {

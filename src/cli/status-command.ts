@@ -11,7 +11,6 @@
  * Exit code: 0 when health is ok or degraded, 1 when a circuit is down or unknown or a node could
  * not be read (health down), 2 on a usage error.
  */
-import { topologyNodes } from '../apply/engine.js';
 import type { NodeConfig } from '../model/config.js';
 import { rngFactory } from '../pathselect/rng.js';
 import { computePlan } from '../plan/plan.js';
@@ -20,8 +19,8 @@ import { buildConfigs } from '../spd/build.js';
 import { describeEvent, type State } from '../state/model.js';
 import type { Transport } from '../remote/transport.js';
 import type { Net } from '../topology/net.js';
-import { linkKey } from '../topology/net.js';
-import { UserError } from '../util/files.js';
+import { linkKey, topologyNodes } from '../topology/net.js';
+import { UserError } from '../util/errors.js';
 import { formatStatus, statusJson } from '../status/format.js';
 import { readForStatus } from '../status/read.js';
 import { computeStatus, type NodeReading, type NodeSample } from '../status/status.js';

@@ -5,10 +5,9 @@
  * destination drawn over the grey overlay links. SVG/PNG rendering (Graphviz `dot`) is in
  * src/cli/graph-command.ts.
  */
-import { formatIPv4, parseCidr } from '../net/addr.js';
+import { formatDest, formatIPv4, parseCidr } from '../net/addr.js';
 import type { State } from '../state/model.js';
 import type { Net, RouterNode } from '../topology/net.js';
-import { destLabel } from '../audit/observe.js';
 
 /** Pastel fills that keep black text readable (ColorBrewer Set3/Pastel1 family). */
 export const OPERATOR_COLOURS = [
@@ -114,7 +113,7 @@ export function graphModel(input: GraphInput): GraphModel {
   net.circuits.forEach((def, i) => {
     const c = state.circuits[def.name];
     if (!c) return;
-    const to = c.to.map((t) => destLabel(parseCidr(t)));
+    const to = c.to.map((t) => formatDest(parseCidr(t)));
     for (const t of to) if (!destIds.has(t)) destIds.set(t, `dst:${destIds.size}`); // ':' is never in a node name
     circuits.push({ name: def.name, colour: pick(CIRCUIT_COLOURS, i, false), path: [c.client, ...c.hops], hops: [...c.hops], to, client: c.client });
   });

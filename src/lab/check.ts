@@ -4,16 +4,16 @@
  */
 import path from 'node:path';
 import { promises as fs } from 'node:fs';
-import { formatIPv4 } from '../net/addr.js';
+import { formatDest, formatIPv4 } from '../net/addr.js';
 import { buildConfigs } from '../spd/build.js';
-import { loadState } from '../util/files.js';
+import { loadState } from '../store/files.js';
 import type { State } from '../state/model.js';
-import { AddressBook, compareObservations, destLabel, formatObservations, observe, rowKey, wirePointId, type ObservedRow } from '../audit/observe.js';
+import { AddressBook, compareObservations, formatObservations, observe, rowKey, wirePointId, type ObservedRow } from '../audit/observe.js';
 import { pairs, startCapture, type Packet, type Pair } from './capture.js';
 import { inNs, type LabHost } from './host.js';
 import { applyLab, labStatePath, loadLabNet, type Log } from './run.js';
 import type { LabRecord } from './record.js';
-import { LabError } from './layout.js';
+import { LabError } from './errors.js';
 import { parseXfrmStat } from '../readback/xfrm.js';
 
 export interface CheckResult {
@@ -207,7 +207,7 @@ export async function labTest(rec: LabRecord, host: LabHost, log: Log): Promise<
 
     // the capture as audit rows: a packet on a node's underlay port belongs to the wire between
     // its two underlay end-points; the exit's outside port and the server's port to theirs
-    const serverPoint = `server:${destLabel(def.to[0]!)}`;
+    const serverPoint = `server:${formatDest(def.to[0]!)}`;
     const observed: Record<string, ObservedRow[]> = {};
     const expected: Record<string, ObservedRow[]> = {};
     for (const [point, rows] of Object.entries(model.observations)) {

@@ -14,10 +14,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
+import { OnionctlError } from '../util/errors.js';
 
 /** The probe itself could not run (no `ip`, no permission, ...). Not "no ESP". */
-export class EspProbeError extends Error {
-  override name = 'EspProbeError';
+export class EspProbeError extends OnionctlError {
+  readonly kind = 'uncaught' as const;
 }
 
 export interface EspProbeOptions {

@@ -13,6 +13,7 @@
 import { cidrContainsAddr, cidrOverlaps, formatCidr, formatIPv4, hostCidr, isLabSafe, maskOf, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
 import type { Net } from '../topology/net.js';
 import type { State } from '../state/model.js';
+import { LabError } from './errors.js';
 
 export interface LabIface {
   /** name inside the namespace */
@@ -55,12 +56,6 @@ export interface LabLayout {
   servers: LabServer[];
 }
 
-export class LabError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'LabError';
-  }
-}
 
 /** Every address the lab would put on a wire, with where it comes from. */
 function topologyAddresses(net: Net): { what: string; cidr: Cidr }[] {

@@ -35,7 +35,8 @@ import {
   type Cidr,
 } from '../net/addr.js';
 import type { Topology } from '../topology/schema.js';
-import { LabError, freeMgmtNet } from './layout.js';
+import { LabError } from './errors.js';
+import { freeMgmtNet } from './layout.js';
 
 export interface RemapEntry {
   /** the source prefix (a root) */

@@ -15,10 +15,11 @@ import { formatIPv4 } from '../net/addr.js';
 import { SshTransport } from '../remote/ssh.js';
 import type { Transport } from '../remote/transport.js';
 import { buildNet, type Net } from '../topology/net.js';
-import { parseTopology } from '../topology/load.js';
+import { parseBuildableTopology } from '../pathselect/buildable.js';
 import { writeFileAtomic } from '../util/files.js';
 import { inNs, script, type LabHost } from './host.js';
-import { LabError, nodeBatch, nodeIfaces, nodeRootBatch, quietPorts, rootBatch, serverBatch, type LabNode, type VethMacs } from './layout.js';
+import { LabError } from './errors.js';
+import { nodeBatch, nodeIfaces, nodeRootBatch, quietPorts, rootBatch, serverBatch, type LabNode, type VethMacs } from './layout.js';
 import { ctlPaths, type LabRecord } from './record.js';
 import { formatMapping, remapToLab } from './remap.js';
 import { labTopology, labTopologyText } from './topology-file.js';
@@ -185,7 +186,7 @@ export async function connectNode(rec: LabRecord, n: LabNode): Promise<Transport
  */
 export async function loadLabNet(rec: LabRecord): Promise<Net> {
   const file = rec.labTopology ?? rec.topology;
-  const { topology } = parseTopology(await fs.readFile(file, 'utf8'), file);
+  const { topology } = parseBuildableTopology(await fs.readFile(file, 'utf8'), file);
   return buildNet(topology);
 }
 
@@ -195,7 +196,7 @@ export async function loadLabNet(rec: LabRecord): Promise<Net> {
  * `onionctl apply` needs in the lab record (rec.ctl).
  */
 export async function writeLabTopology(rec: LabRecord, hostKeys: ReadonlyMap<string, string>): Promise<void> {
-  const { topology: parsed } = parseTopology(await fs.readFile(rec.topology, 'utf8'), rec.topology);
+  const { topology: parsed } = parseBuildableTopology(await fs.readFile(rec.topology, 'utf8'), rec.topology);
   const { topology: t, mapping } = remapToLab(parsed);
   const paths = ctlPaths(rec.dir);
   const mgmt = new Map(rec.layout.nodes.map((n) => [n.name, formatIPv4(n.mgmt.addr)]));

@@ -41,23 +41,16 @@ import * as fsp from 'node:fs/promises';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
+import { LabError } from './errors.js';
 
 // ---------------------------------------------------------------------------
 // Errors
 
-/** Base class of every error this module throws. */
-export class LabError extends Error {
-  override name = 'LabError';
-}
-
 /** `linux.uml` (or another host prerequisite such as modprobe) is missing. */
-export class UmlNotFoundError extends LabError {
-  override name = 'UmlNotFoundError';
-}
+export class UmlNotFoundError extends LabError {}
 
 /** The guest did not become ready. `consoleTail` holds the end of console.log. */
 export class GuestBootError extends LabError {
-  override name = 'GuestBootError';
   constructor(
     message: string,
     readonly consoleTail: string,
@@ -69,12 +62,10 @@ export class GuestBootError extends LabError {
 
 /** There is no running guest in the lab directory (any more). */
 export class GuestNotRunningError extends LabError {
-  override name = 'GuestNotRunningError';
 }
 
 /** The UML process or the agent inside it died while we were talking to it. */
 export class GuestAgentError extends LabError {
-  override name = 'GuestAgentError';
   constructor(
     message: string,
     readonly consoleTail: string,
@@ -86,7 +77,6 @@ export class GuestAgentError extends LabError {
 
 /** A command run by {@link Guest.exec} exceeded its timeout and was killed (with its process group). */
 export class GuestExecTimeoutError extends LabError {
-  override name = 'GuestExecTimeoutError';
   constructor(
     message: string,
     readonly argv: readonly string[],

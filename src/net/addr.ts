@@ -7,6 +7,7 @@
  * inner path MTU of a k=3 circuit (1278) is below the IPv6 minimum of 1280 anyway.
  */
 import ipaddr from 'ipaddr.js';
+import { OnionctlError } from '../util/errors.js';
 
 export interface Cidr {
   /** network address as uint32 */
@@ -20,7 +21,10 @@ export interface IfAddr {
   readonly len: number;
 }
 
-export class AddrError extends Error {}
+/** caught by the schema (topology/schema.ts), which reports it at the value's file:line:col */
+export class AddrError extends OnionctlError {
+  readonly kind = 'uncaught' as const;
+}
 
 export function parseIPv4(text: string): number {
   if (!ipaddr.IPv4.isValidFourPartDecimal(text)) {
@@ -65,6 +69,11 @@ export function parseIfAddr(text: string): IfAddr {
 
 export function formatCidr(c: Cidr): string {
   return `${formatIPv4(c.base)}/${c.len}`;
+}
+
+/** A destination as people write it: a /32 as the bare address, anything wider as a CIDR. */
+export function formatDest(d: Cidr): string {
+  return d.len === 32 ? formatIPv4(d.base) : formatCidr(d);
 }
 
 export function hostCidr(addr: number): Cidr {

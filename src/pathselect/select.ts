@@ -14,6 +14,7 @@
 import { cidrContains, slash16, type Cidr } from '../net/addr.js';
 import type { CircuitDef, Net, RouterNode } from '../topology/net.js';
 import type { Rng } from './rng.js';
+import { OnionctlError } from '../util/errors.js';
 
 export interface Constraints {
   k: number;
@@ -190,14 +191,14 @@ export class PathSpace {
   }
 }
 
-export class PathError extends Error {
+export class PathError extends OnionctlError {
+  readonly kind = 'path' as const;
   constructor(
     readonly circuit: string,
     readonly constraint: 'exit' | 'structure' | 'operators' | 'countries' | 'subnets16',
     message: string,
   ) {
     super(message);
-    this.name = 'PathError';
   }
 }
 

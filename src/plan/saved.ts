@@ -12,6 +12,7 @@ import { createHmac, hkdfSync, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import { parseJson } from '../util/json.js';
 import { StateSchema, type State, type StateEvent } from '../state/model.js';
+import { OnionctlError } from '../util/errors.js';
 
 export const SAVED_PLAN_FORMAT = 'onionctl-saved-plan/v2';
 
@@ -56,11 +57,8 @@ export function sealPlan(plan: SavedPlan, key: Buffer): string {
   return JSON.stringify({ format: SAVED_PLAN_FORMAT, mac: macOf(key, body).toString('hex'), plan }, null, 2) + '\n';
 }
 
-export class SavedPlanError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SavedPlanError';
-  }
+export class SavedPlanError extends OnionctlError {
+  readonly kind = 'saved-plan' as const;
 }
 
 /**

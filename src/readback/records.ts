@@ -9,15 +9,17 @@
  */
 import type { SaLifetime } from '../keys/lifetimes.js';
 import type { CryptoProfileName } from '../topology/schema.js';
+import { OnionctlError } from '../util/errors.js';
 
-export class ReadbackError extends Error {
+/** caught per router by the readers (remote/read.ts), which leave that router out with the reason */
+export class ReadbackError extends OnionctlError {
+  readonly kind = 'uncaught' as const;
   constructor(
     message: string,
     /** 1-based line of the command output, when known */
     readonly line?: number,
   ) {
     super(line !== undefined ? `line ${line}: ${message}` : message);
-    this.name = 'ReadbackError';
   }
 }
 

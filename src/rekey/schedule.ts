@@ -26,7 +26,8 @@
 import { HARD_URGENT_FRACTION, REKEY_AGE_SECONDS, minLimit, saOptions, type SaKind, type SaLimits } from '../keys/lifetimes.js';
 import type { ObservedState } from '../readback/observed.js';
 import { xfrmTimeSeconds } from '../readback/xfrm.js';
-import { circuitSaId, linkSaId, type SaRef } from '../state/reconcile.js';
+import type { SaRef } from '../state/reconcile.js';
+import { formatSaId } from '../keys/sa-id.js';
 import type { SaRecord, State } from '../state/model.js';
 import type { CryptoProfileName } from '../topology/schema.js';
 
@@ -69,7 +70,7 @@ export type DueReason =
 /** One SA, with where it lives. */
 export interface SaInfo {
   ref: SaRef;
-  /** the SA's identity (SaKeyId.id): linkSaId / circuitSaId */
+  /** the SA's identity (SaKeyId.id, keys/sa-id.ts formatSaId) */
   id: string;
   kind: SaKind;
   spi: number;
@@ -122,7 +123,7 @@ export function allSas(state: State): { info: SaInfo; rec: SaRecord }[] {
       const rec = l[dir];
       const [from, to] = dir === 'ab' ? [l.a, l.b] : [l.b, l.a];
       out.push({
-        info: { ref: { link: key, dir }, id: linkSaId(from, to), kind: 'overlay', spi: rec.spi, epoch: rec.epoch, nodes: [l.a, l.b], label: `overlay ${from}->${to}` },
+        info: { ref: { link: key, dir }, id: formatSaId({ kind: 'overlay', from, to }), kind: 'overlay', spi: rec.spi, epoch: rec.epoch, nodes: [l.a, l.b], label: `overlay ${from}->${to}` },
         rec,
       });
     }
@@ -136,7 +137,7 @@ export function allSas(state: State): { info: SaInfo; rec: SaRecord }[] {
         out.push({
           info: {
             ref: { circuit: name, hop: i + 1, dir },
-            id: circuitSaId(name, c.generation, i + 1, dir),
+            id: formatSaId({ kind: 'telescope', circuit: name, generation: c.generation, hop: i + 1, dir }),
             kind: 'telescope',
             spi: rec.spi,
             epoch: rec.epoch,

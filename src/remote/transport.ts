@@ -3,6 +3,7 @@
  * cross SSH (quoted for the remote shell) or for display. Secrets travel on stdin only.
  */
 import { execa } from 'execa';
+import { OnionctlError } from '../util/errors.js';
 
 export interface ExecResult {
   exitCode: number;
@@ -22,14 +23,14 @@ export interface Transport {
   close(): Promise<void>;
 }
 
-export class TransportError extends Error {
+export class TransportError extends OnionctlError {
+  readonly kind = 'transport' as const;
   constructor(
     readonly node: string,
     message: string,
     options?: { cause?: unknown },
   ) {
     super(message, options);
-    this.name = 'TransportError';
   }
 }
 

@@ -33,7 +33,7 @@ import {
   type XfrmState,
   type XfrmTmpl,
 } from '../model/config.js';
-import { circuitSaId, linkSaId } from '../state/reconcile.js';
+import { formatSaId } from '../keys/sa-id.js';
 import type { SaRecord, State } from '../state/model.js';
 import { linkKey, type Net } from '../topology/net.js';
 import { parseCidr, parseIPv4 } from '../net/addr.js';
@@ -118,14 +118,14 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
   for (const [k, l] of Object.entries(state.links)) {
     if (!net.nodes.has(l.a) || !net.nodes.has(l.b)) throw new Error(`state link ${k} names a node that is not in the topology`);
     const pad = padOf(linkKey(l.a, l.b));
-    install({ rec: l.ab, src: addrOf(l.a), dst: addrOf(l.b), id: linkSaId(l.a, l.b), comment: `overlay ${l.a}->${l.b}`, kind: 'overlay', ...pad }, l.a, l.b);
-    install({ rec: l.ba, src: addrOf(l.b), dst: addrOf(l.a), id: linkSaId(l.b, l.a), comment: `overlay ${l.b}->${l.a}`, kind: 'overlay', ...pad }, l.a, l.b);
+    install({ rec: l.ab, src: addrOf(l.a), dst: addrOf(l.b), id: formatSaId({ kind: 'overlay', from: l.a, to: l.b }), comment: `overlay ${l.a}->${l.b}`, kind: 'overlay', ...pad }, l.a, l.b);
+    install({ rec: l.ba, src: addrOf(l.b), dst: addrOf(l.a), id: formatSaId({ kind: 'overlay', from: l.b, to: l.a }), comment: `overlay ${l.b}->${l.a}`, kind: 'overlay', ...pad }, l.a, l.b);
   }
   const overlay = (from: string, to: string): Sa => {
     const l = state.links[linkKey(from, to)];
     if (!l) throw new Error(`no overlay link ${from} - ${to} in the state`);
     const rec = l.a === from ? l.ab : l.ba;
-    return { rec, src: addrOf(from), dst: addrOf(to), id: linkSaId(from, to), comment: `overlay ${from}->${to}`, kind: 'overlay' };
+    return { rec, src: addrOf(from), dst: addrOf(to), id: formatSaId({ kind: 'overlay', from, to }), comment: `overlay ${from}->${to}`, kind: 'overlay' };
   };
 
   const routersSeen = new Set<string>();
@@ -142,7 +142,7 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       rec: c.fwd[i]!,
       src: A[i]!,
       dst: addrOf(h),
-      id: circuitSaId(def.name, c.generation, i + 1, 'fwd'),
+      id: formatSaId({ kind: 'telescope', circuit: def.name, generation: c.generation, hop: i + 1, dir: 'fwd' }),
       comment: `circuit ${def.name} hop ${i + 1} forward`,
       kind: 'telescope',
       ...pad(i),
@@ -151,7 +151,7 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       rec: c.rev[i]!,
       src: addrOf(h),
       dst: A[i]!,
-      id: circuitSaId(def.name, c.generation, i + 1, 'rev'),
+      id: formatSaId({ kind: 'telescope', circuit: def.name, generation: c.generation, hop: i + 1, dir: 'rev' }),
       comment: `circuit ${def.name} hop ${i + 1} reverse`,
       kind: 'telescope',
       ...pad(i),

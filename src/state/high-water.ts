@@ -6,7 +6,7 @@
  * Why: SPIs, epochs and serials come from counters in the state. A state restored behind the
  * routers would hand the same counters out again. Every epoch's key also covers a random nonce
  * (state/model.ts), so even then the key differs; the mark makes the restore visible and refuses
- * it instead of relying on that alone. Pure: the file I/O is in util/files.ts.
+ * it instead of relying on that alone. Pure: the file I/O is in store/files.ts.
  */
 import { z } from 'zod';
 import { SPI_BASE, SPI_LAST, REQID_BASE, REQID_LAST, type State } from './model.js';

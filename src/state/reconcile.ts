@@ -14,12 +14,11 @@ import { PathSpace, constraintsFor, selectPath } from '../pathselect/select.js';
 import { drawNonce, NONCE_LABEL, type RngFactory } from '../pathselect/rng.js';
 import { linkKey, type CircuitDef, type Net } from '../topology/net.js';
 import { REQID_LAST, SPI_LAST, type CircuitState, type SaRecord, type State, type StateEvent } from './model.js';
+import { OnionctlError } from '../util/errors.js';
+import { parseSaId } from '../keys/sa-id.js';
 
-export class PlanError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'PlanError';
-  }
+export class PlanError extends OnionctlError {
+  readonly kind = 'plan' as const;
 }
 
 /** A new epoch's nonce: from the injected randomness (the CSPRNG for every command that pushes). */
@@ -35,13 +34,6 @@ function allocSa(s: State, rngFor: RngFactory): SaRecord {
   return { spi, reqid: s.next.reqid++, epoch: 1, nonce: epochNonce(rngFor, s.salt, spi, 1), installed: [] };
 }
 
-/** Identity of an SA, stable across plans; part of key derivation. */
-export function linkSaId(from: string, to: string): string {
-  return `link:${from}>${to}`;
-}
-export function circuitSaId(circuit: string, generation: number, hop: number, dir: 'fwd' | 'rev'): string {
-  return `circuit:${circuit}:g${generation}:hop${hop}:${dir}`;
-}
 
 function sameList(a: readonly string[], b: readonly string[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
@@ -225,23 +217,21 @@ export function saRecord(s: State, ref: SaRef): SaRecord | undefined {
 }
 
 /**
- * The SA an SaKeyId.id names (circuitSaId / linkSaId), in this state; undefined when the id is
+ * The SA an SaKeyId.id names (keys/sa-id.ts), in this state; undefined when the id is
  * of another generation or the SA is gone.
  */
 export function saRefOfId(s: State, id: string): SaRef | undefined {
-  const c = /^circuit:(.+):g(\d+):hop(\d+):(fwd|rev)$/.exec(id);
-  if (c) {
-    const cs = s.circuits[c[1]!];
-    if (!cs || cs.generation !== Number(c[2])) return undefined;
-    const hop = Number(c[3]);
-    if (hop < 1 || hop > cs.hops.length) return undefined;
-    return { circuit: c[1]!, hop, dir: c[4] as 'fwd' | 'rev' };
+  const sa = parseSaId(id);
+  if (sa?.kind === 'telescope') {
+    const cs = s.circuits[sa.circuit];
+    if (!cs || cs.generation !== sa.generation) return undefined;
+    if (sa.hop > cs.hops.length) return undefined;
+    return { circuit: sa.circuit, hop: sa.hop, dir: sa.dir };
   }
-  const l = /^link:(.+)>(.+)$/.exec(id);
-  if (l) {
+  if (sa?.kind === 'overlay') {
     for (const [k, ls] of Object.entries(s.links)) {
-      if (ls.a === l[1] && ls.b === l[2]) return { link: k, dir: 'ab' };
-      if (ls.b === l[1] && ls.a === l[2]) return { link: k, dir: 'ba' };
+      if (ls.a === sa.from && ls.b === sa.to) return { link: k, dir: 'ab' };
+      if (ls.b === sa.from && ls.a === sa.to) return { link: k, dir: 'ba' };
     }
   }
   return undefined;

@@ -21,6 +21,7 @@
  */
 import { policyKey } from '../diff/diff.js';
 import type { NodeConfig, XfrmPolicy, XfrmState } from '../model/config.js';
+import { parseSaId, type SaId } from '../keys/sa-id.js';
 import { formatIPv4 } from '../net/addr.js';
 import type { ObservedNode, ObservedPolicy, ObservedState } from '../readback/observed.js';
 import type { State } from '../state/model.js';
@@ -254,30 +255,14 @@ interface PlannedSa {
   nodes: string[];
 }
 
-interface SaIdParts {
-  kind: 'telescope' | 'overlay';
-  circuit?: string;
-  hop?: number;
-  direction?: 'forward' | 'reverse';
-  from?: string;
-  to?: string;
-}
-
-export function parseSaId(id: string): SaIdParts | undefined {
-  const c = /^circuit:(.+):g(\d+):hop(\d+):(fwd|rev)$/.exec(id);
-  if (c) return { kind: 'telescope', circuit: c[1]!, hop: Number(c[3]), direction: c[4] === 'fwd' ? 'forward' : 'reverse' };
-  const l = /^link:(.+)>(.+)$/.exec(id);
-  if (l) return { kind: 'overlay', from: l[1]!, to: l[2]! };
-  return undefined;
-}
-
 /** Which end sends: overlay A>B is sent by A; a forward telescope SA by the client, a reverse one by the hop. */
-function roleOf(id: SaIdParts, node: string, state: State): 'send' | 'receive' {
-  if (id.kind === 'overlay') return node === id.from ? 'send' : 'receive';
-  const client = state.circuits[id.circuit!]?.client;
-  const isClient = node === client;
-  return id.direction === 'forward' ? (isClient ? 'send' : 'receive') : isClient ? 'receive' : 'send';
+function roleOf(id: SaId | undefined, node: string, state: State): 'send' | 'receive' {
+  if (id?.kind !== 'telescope') return node === id?.from ? 'send' : 'receive';
+  const isClient = node === state.circuits[id.circuit]?.client;
+  return id.dir === 'fwd' ? (isClient ? 'send' : 'receive') : isClient ? 'receive' : 'send';
 }
+
+const DIRECTION = { fwd: 'forward', rev: 'reverse' } as const;
 
 const counterOf = (o: ObservedState): SaCounters | undefined =>
   o.counters
@@ -300,7 +285,7 @@ function errorText(e: SaErrors): string {
 
 const hasErrors = (e: SaErrors) => e.replayWindow > 0 || e.replay > 0 || e.integrity > 0;
 
-function evalEnd(input: StatusInput, sa: PlannedSa, idp: SaIdParts, node: string, label: string): SaEnd {
+function evalEnd(input: StatusInput, sa: PlannedSa, idp: SaId | undefined, node: string, label: string): SaEnd {
   const st = sa.st;
   const role = roleOf(idp, node, input.state);
   const end: SaEnd = { node, role, state: 'unknown', findings: [] };
@@ -387,18 +372,16 @@ function evalEnd(input: StatusInput, sa: PlannedSa, idp: SaIdParts, node: string
 
 function saStatus(input: StatusInput, sa: PlannedSa): SaStatus {
   const st = sa.st;
-  const idp = parseSaId(st.key.id) ?? { kind: 'overlay' as const };
-  const label = idp.kind === 'telescope' ? `hop ${idp.hop} ${idp.direction}` : idp.from ? `overlay ${idp.from}->${idp.to}` : st.comment;
+  const idp = parseSaId(st.key.id);
+  const label = idp?.kind === 'telescope' ? `hop ${idp.hop} ${DIRECTION[idp.dir]}` : idp ? `overlay ${idp.from}->${idp.to}` : st.comment;
   // sender first
-  const ends = sa.nodes.map((n) => evalEnd(input, sa, idp, n, idp.kind === 'telescope' ? `circuit ${idp.circuit} ${label}` : label));
+  const ends = sa.nodes.map((n) => evalEnd(input, sa, idp, n, idp?.kind === 'telescope' ? `circuit ${idp.circuit} ${label}` : label));
   ends.sort((a, b) => (a.role === b.role ? 0 : a.role === 'send' ? -1 : 1));
   return {
     id: st.key.id,
-    kind: idp.kind,
+    kind: idp?.kind ?? 'overlay',
     label,
-    ...(idp.circuit !== undefined ? { circuit: idp.circuit } : {}),
-    ...(idp.hop !== undefined ? { hop: idp.hop } : {}),
-    ...(idp.direction !== undefined ? { direction: idp.direction } : {}),
+    ...(idp?.kind === 'telescope' ? { circuit: idp.circuit, hop: idp.hop, direction: DIRECTION[idp.dir] } : {}),
     src: formatIPv4(st.src),
     dst: formatIPv4(st.dst),
     spi: hex32(st.spi),

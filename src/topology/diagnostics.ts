@@ -6,6 +6,7 @@
  *         |               ^
  */
 import { escapeControl } from '../util/text.js';
+import { OnionctlError } from '../util/errors.js';
 
 export interface Diagnostic {
   file: string;
@@ -18,10 +19,10 @@ export interface Diagnostic {
   source?: string;
 }
 
-export class TopologyError extends Error {
+export class TopologyError extends OnionctlError {
+  readonly kind = 'topology' as const;
   constructor(readonly diagnostics: Diagnostic[]) {
     super(diagnostics.map(formatDiagnosticHeader).join('\n'));
-    this.name = 'TopologyError';
   }
 }
 

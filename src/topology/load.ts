@@ -79,7 +79,13 @@ function describe(v: unknown): string {
   return `${typeof v} ${String(v)}`;
 }
 
-export function parseTopology(text: string, file: string): LoadedTopology {
+/**
+ * Checks run after the structural and semantic ones pass: issues about a whole, otherwise valid
+ * topology (pathselect/buildable.ts: every circuit has a path), located like the others.
+ */
+export type MoreChecks = (t: Topology) => SemanticIssue[];
+
+export function parseTopology(text: string, file: string, more?: MoreChecks): LoadedTopology {
   const source = new SourceText(file, text);
   const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false, strict: true });
   const yamlErrors = [...doc.errors];
@@ -112,7 +118,8 @@ export function parseTopology(text: string, file: string): LoadedTopology {
     }
     throw new TopologyError(sortDiags(diags));
   }
-  const issues: SemanticIssue[] = validateSemantics(parsed.data);
+  let issues: SemanticIssue[] = validateSemantics(parsed.data);
+  if (issues.length === 0 && more) issues = more(parsed.data);
   if (issues.length > 0) {
     throw new TopologyError(
       sortDiags(

@@ -103,6 +103,11 @@ function tfcpadOf(p: NonNullable<Topology['circuits'][number]['tfcpad']>, k: num
   return { size: p.size, telescope: p.layers === 'overlay' ? [] : all, overlay: p.layers !== 'telescope' };
 }
 
+/** Every node of the net: routers, then clients, each in file order (the order commands report in). */
+export function topologyNodes(net: Net): string[] {
+  return [...[...net.routers.values()].sort((a, b) => a.index - b.index), ...[...net.clients.values()].sort((a, b) => a.index - b.index)].map((n) => n.name);
+}
+
 export function linkKey(a: string, b: string): string {
   return a < b ? `${a}~${b}` : `${b}~${a}`;
 }

@@ -1,10 +1,9 @@
 /**
  * Checks that need the whole file. Each issue carries the path of the YAML node to blame, so
- * load.ts can print file:line:col.
+ * load.ts can print file:line:col. Whether every circuit has a path is checked a floor up
+ * (pathselect/buildable.ts), through parseTopology's `more`.
  */
 import { cidrContainsAddr, cidrOverlaps, formatCidr, formatIPv4, parseCidr, type Cidr } from '../net/addr.js';
-import { diagnose } from '../pathselect/select.js';
-import { buildNet } from './net.js';
 import type { Topology } from './schema.js';
 
 export interface SemanticIssue {
@@ -144,14 +143,6 @@ export function validateSemantics(t: Topology): SemanticIssue[] {
     }
   });
 
-  if (issues.length > 0) return issues;
-
-  // eligibility: every circuit must have at least one path under its constraints
-  const net = buildNet(t);
-  net.circuits.forEach((c) => {
-    const err = diagnose(net, c);
-    if (err) add(['circuits', c.index], `circuit "${c.name}" cannot be built: ${err.message}`);
-  });
   return issues;
 }
 

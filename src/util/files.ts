@@ -1,22 +1,16 @@
 /**
- * File I/O at the edge: atomic 0600 writes, the key secret, the state file, templates.
+ * File I/O at the edge, for any file: atomic 0600 writes, reading a private file safely, JSON
+ * checked against a schema, the package's own files. What onionctl keeps in such files (state,
+ * secret, key store, high-water mark) is in src/store/.
  */
 import { randomBytes } from 'node:crypto';
 import { constants, existsSync, promises as fs, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { parseJson } from './json.js';
+import { UserError } from './errors.js';
 import { fileURLToPath } from 'node:url';
-import { StateSchema, emptyState, type State } from '../state/model.js';
-import { HighWaterSchema, emptyHighWater, type HighWater } from '../state/high-water.js';
-import type { Templates } from '../render/render.js';
 
-export class UserError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = 'UserError';
-  }
-}
 
 /** Write via a temporary file in the same directory, fsync, rename: readers see old or new, never half. */
 export async function writeFileAtomic(file: string, content: string | Buffer, mode = 0o600): Promise<void> {
@@ -71,7 +65,8 @@ export async function unsafeDirectory(dir: string): Promise<string | undefined> 
   }
 }
 
-async function checkDirectory(file: string, what: string): Promise<void> {
+/** Throws when the directory of `file` is unsafe (unsafeDirectory). */
+export async function checkDirectory(file: string, what: string): Promise<void> {
   const why = await unsafeDirectory(path.dirname(path.resolve(file)));
   if (why) throw new UserError(`${what} ${file} is refused: ${why}; someone else could put their own file there`);
 }
@@ -115,94 +110,6 @@ export async function readPrivateFile(file: string, what: string, maxBytes: numb
   }
 }
 
-const SECRET_MAX = 64 * 1024;
-const STATE_MAX = 1024 * 1024 * 1024;
-const STORE_MAX = 1024 * 1024 * 1024;
-const HIGH_WATER_MAX = 16 * 1024 * 1024;
-
-/** The 32-byte KDF secret, created from the CSPRNG on first use, mode 0600. */
-export async function loadOrCreateSecret(file: string): Promise<{ secret: Buffer; created: boolean }> {
-  // a bounded number of rounds: another run may create the file between our read and our create
-  for (let attempt = 0; attempt < 3; attempt++) {
-    const text = await readPrivateFile(file, 'key secret', SECRET_MAX);
-    if (text !== undefined) {
-      const t = text.trim();
-      if (!/^(?:[0-9a-f]{2}){32,}$/.test(t)) throw new UserError(`key secret ${file} is not a hex string of at least 32 bytes`);
-      return { secret: Buffer.from(t, 'hex'), created: false };
-    }
-    await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-    await checkDirectory(file, 'key secret');
-    const secret = randomBytes(32);
-    // O_EXCL: never overwrite a secret that appeared meanwhile (nor follow a link planted there)
-    const fh = await fs.open(file, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600).catch((e: NodeJS.ErrnoException) => {
-      if (e.code === 'EEXIST') return undefined;
-      throw new UserError(`cannot create key secret ${file}: ${e.code ?? e.message}`);
-    });
-    if (!fh) continue; // someone made it first: read theirs (checked like any other)
-    try {
-      await fh.writeFile(secret.toString('hex') + '\n');
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    return { secret, created: true };
-  }
-  throw new UserError(`key secret ${file} keeps appearing and vanishing (a dangling link, or another program); look at it`);
-}
-
-const dotted = (p: readonly PropertyKey[]) => p.map(String).join('.') || '(top)';
-
-/**
- * A private file's text as JSON checked against `schema`; `where` says where in the file the
- * first problem is (the path, dotted, unless the file's keys need quoting).
- */
-function parseChecked<T>(text: string, file: string, what: string, schema: z.ZodType<T>, where: (path: readonly PropertyKey[]) => string = dotted): T {
-  let raw: unknown;
-  try {
-    raw = parseJson(text);
-  } catch (e) {
-    throw new UserError(`${what} ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
-  }
-  const parsed = schema.safeParse(raw);
-  if (!parsed.success) {
-    const i = parsed.error.issues[0]!;
-    throw new UserError(`${what} ${file} is damaged at ${where(i.path)}: ${i.message}`);
-  }
-  return parsed.data;
-}
-
-export async function loadState(file: string): Promise<{ state: State; fresh: boolean }> {
-  const text = await readPrivateFile(file, 'state file', STATE_MAX);
-  if (text === undefined) return { state: emptyState(randomBytes(32).toString('hex')), fresh: true };
-  return { state: parseChecked(text, file, 'state file', StateSchema), fresh: false };
-}
-
-export async function saveState(file: string, state: State): Promise<void> {
-  await writeFileAtomic(file, JSON.stringify(state, null, 2) + '\n', 0o600);
-}
-
-/** The high-water mark file (state/high-water.ts); absent: no state was saved beside this secret yet. */
-export async function loadHighWater(file: string): Promise<HighWater> {
-  const text = await readPrivateFile(file, 'high-water mark', HIGH_WATER_MAX);
-  if (text === undefined) return emptyHighWater();
-  return parseChecked(text, file, 'high-water mark', HighWaterSchema);
-}
-
-export async function saveHighWater(file: string, hw: HighWater): Promise<void> {
-  await fs.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  await writeFileAtomic(file, JSON.stringify(hw, null, 2) + '\n', 0o600);
-}
-
-/** key store entries: keyStoreId (kdf.ts) -> key hex */
-const KeyStoreSchema = z.record(z.string().min(1).max(400), z.string().regex(/^(?:[0-9a-f]{2}){16,128}$/));
-
-export async function loadKeyStore(file: string): Promise<Record<string, string>> {
-  const text = await readPrivateFile(file, 'key store', STORE_MAX);
-  if (text === undefined) return {};
-  // the keys of a key store are its entries' ids: quoted and bounded, as the file is not trusted
-  return parseChecked(text, file, 'key store', KeyStoreSchema, (p) => JSON.stringify(String(p[0] ?? '(top)')).slice(0, 80));
-}
-
 /** The package root: the nearest directory above this module whose package.json is onionctl's. */
 export function packageRoot(): string {
   let dir = path.dirname(fileURLToPath(import.meta.url));
@@ -220,8 +127,23 @@ export function packageVersion(): string {
   return pkg.version;
 }
 
-export async function loadTemplates(dir = path.join(packageRoot(), 'templates')): Promise<Templates> {
-  const read = (n: string) => fs.readFile(path.join(dir, `${n}.tmpl`), 'utf8');
-  const [ip, iptables, nft, sysctl] = await Promise.all([read('ip'), read('iptables'), read('nft'), read('sysctl')]);
-  return { ip, iptables, nft, sysctl };
+const dotted = (p: readonly PropertyKey[]) => p.map(String).join('.') || '(top)';
+
+/**
+ * A private file's text as JSON checked against `schema`; `where` says where in the file the
+ * first problem is (the path, dotted, unless the file's keys need quoting).
+ */
+export function parseChecked<T>(text: string, file: string, what: string, schema: z.ZodType<T>, where: (path: readonly PropertyKey[]) => string = dotted): T {
+  let raw: unknown;
+  try {
+    raw = parseJson(text);
+  } catch (e) {
+    throw new UserError(`${what} ${file} is not valid JSON: ${(e as Error).message}`, { cause: e });
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const i = parsed.error.issues[0]!;
+    throw new UserError(`${what} ${file} is damaged at ${where(i.path)}: ${i.message}`);
+  }
+  return parsed.data;
 }

@@ -4,12 +4,11 @@
  * and with a clear error for nesting too deep to walk.
  */
 import { escapeControl } from './text.js';
+import { OnionctlError } from './errors.js';
 
-export class JsonError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'JsonError';
-  }
+/** caught by the file readers (util/files.ts parseChecked), which report a UserError */
+export class JsonError extends OnionctlError {
+  readonly kind = 'uncaught' as const;
 }
 
 export function parseJson(text: string): unknown {

@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { buildNet, type Net } from '../../src/topology/net.js';
 import { TopologySchema, type Topology } from '../../src/topology/schema.js';
 import { packageRoot } from '../../src/util/files.js';
@@ -21,7 +21,7 @@ export function dedent(text: string): string {
 
 /** Parses and fully validates (schema + semantics, including path eligibility), like `onionctl validate`. */
 export function topologyFromYaml(yaml: string, file = 'inline.yaml'): Topology {
-  return parseTopology(dedent(yaml), file).topology;
+  return parseBuildableTopology(dedent(yaml), file).topology;
 }
 
 export function netFromYaml(yaml: string, file = 'inline.yaml'): Net {
@@ -42,7 +42,7 @@ export function examplePath(name: string): string {
 
 export function exampleNet(name: string): Net {
   const file = examplePath(name);
-  return buildNet(parseTopology(readFileSync(file, 'utf8'), file).topology);
+  return buildNet(parseBuildableTopology(readFileSync(file, 'utf8'), file).topology);
 }
 
 /**

@@ -28,7 +28,7 @@ import { Sessions } from '../../src/remote/fleet.js';
 import { NetnsTransport, type ExecOptions, type ExecResult, type Transport } from '../../src/remote/transport.js';
 import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
-import { loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
 import { containsKey, emptyConfig, plannedKeysHex } from '../helpers/apply.js';
 import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
 import { K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';

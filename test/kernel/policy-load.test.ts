@@ -31,7 +31,7 @@ import { computePlan, renderAll, type Plan } from '../../src/plan/plan.js';
 import { IPT_CHAIN_FORWARD, IPT_CHAIN_POSTROUTING, type RenderedFile } from '../../src/render/render.js';
 import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
-import { loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
 import { K2_YAML, K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
 import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
 

@@ -25,7 +25,7 @@ import { READBACK_COMMANDS, observeNode, type ObservedNode, type ReadbackOutputs
 import { IPT_CHAIN_FORWARD } from '../../src/render/render.js';
 import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
-import { loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
 import { K2_YAML, K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
 import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
 import { poolsOf } from '../helpers/readback.js';

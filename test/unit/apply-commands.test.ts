@@ -20,7 +20,7 @@ import type { NodeConfig } from '../../src/model/config.js';
 import { formatCidr, formatIPv4, parseCidr } from '../../src/net/addr.js';
 import type { ObservedNode } from '../../src/readback/observed.js';
 import type { Templates } from '../../src/render/render.js';
-import { loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
 import { containsKey, emptyConfig, emptyObserved, heldNet, heldObserved, heldPlan, plannedKeysHex } from '../helpers/apply.js';
 import { ZERO_KEYS, hostObserved, k4Net, k4Plan, poolsOf, UML_NODES } from '../helpers/readback.js';
 

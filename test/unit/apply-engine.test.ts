@@ -21,7 +21,7 @@ import type { Templates } from '../../src/render/render.js';
 import { Sessions } from '../../src/remote/fleet.js';
 import type { ExecResult } from '../../src/remote/transport.js';
 import type { SaRecord, State } from '../../src/state/model.js';
-import { loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
 import { containsKey, emptyObserved, FakeTransport, heldNet, heldObserved, heldPlan, plannedKeysHex, recordingProgress, type ExecRecord, type FakeResponder } from '../helpers/apply.js';
 import { ZERO_KEYS, poolsOf, UML_NODES } from '../helpers/readback.js';
 

@@ -18,14 +18,14 @@ import { runAudit } from '../../src/cli/audit-command.js';
 import { SeededRng, rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan, type Plan } from '../../src/plan/plan.js';
 import { emptyState, type State } from '../../src/state/model.js';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { buildNet, type Net } from '../../src/topology/net.js';
 import { packageRoot } from '../../src/util/files.js';
 
 const SALT = 'ab'.repeat(32);
 
 function netOf(text: string, file = 'test.yaml'): Net {
-  return buildNet(parseTopology(text, file).topology);
+  return buildNet(parseBuildableTopology(text, file).topology);
 }
 function planOf(net: Net, seed = '1'): Plan {
   return computePlan({ net, state: emptyState(SALT), rngFor: rngFactory(seed), now: '2024-01-01T00:00:00Z' });

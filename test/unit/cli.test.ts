@@ -10,7 +10,7 @@ import { existsSync, promises as fs, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fingerprint } from '../../src/keys/kdf.js';
 import { isTerminalSafe } from '../../src/util/text.js';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { BAD_CASES } from '../helpers/bad-fixtures.js';
 import {
   BAD_FIXTURES,
@@ -124,7 +124,7 @@ describe('validate: the examples', () => {
   // examples/large.yaml is written by another change; test it whenever it is there
   const large = existsSync(path.join(EXAMPLES, 'large.yaml'));
   (large ? test : test.skip)('examples/large.yaml is ok', async () => {
-    const t = parseTopology(readFileSync(path.join(EXAMPLES, 'large.yaml'), 'utf8'), 'large.yaml').topology;
+    const t = parseBuildableTopology(readFileSync(path.join(EXAMPLES, 'large.yaml'), 'utf8'), 'large.yaml').topology;
     const r = await run(['validate', 'examples/large.yaml'], { cwd: ROOT });
     expectOk(r);
     expect(r.stdout).toMatch(new RegExp(`^examples/large\\.yaml: ok \\(${t.routers.length} routers of which \\d+ exits, ${t.clients.length} clients, \\d+ overlay links, ${t.circuits.length} circuits; k=\\d, [a-z0-9-]+\\)\\n$`));
@@ -218,7 +218,7 @@ describe('plan: files, modes, stability', () => {
   // examples/large.yaml is written by another change; test it whenever it is there
   const large = existsSync(path.join(EXAMPLES, 'large.yaml'));
   (large ? test : test.skip)('examples/large.yaml: one file set per node, .nft exactly where nftables is chosen', async () => {
-    const t = parseTopology(readFileSync(path.join(EXAMPLES, 'large.yaml'), 'utf8'), 'large.yaml').topology;
+    const t = parseBuildableTopology(readFileSync(path.join(EXAMPLES, 'large.yaml'), 'utf8'), 'large.yaml').topology;
     const dir = await dirWith({ 'large.yaml': readFileSync(path.join(EXAMPLES, 'large.yaml'), 'utf8') });
     const r = await run(['plan', 'large.yaml', '--seed', '1', '--out-dir', 'out'], { cwd: dir });
     expectOk(r);

@@ -13,14 +13,14 @@ import { graphModel, toDot, toMermaid, type GraphInput } from '../../src/graph/g
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan } from '../../src/plan/plan.js';
 import { emptyState } from '../../src/state/model.js';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { buildNet } from '../../src/topology/net.js';
 import { packageRoot } from '../../src/util/files.js';
 
 const example = (name: string) => path.join(packageRoot(), 'examples', name);
 
 function inputOf(file: string, seed = '1'): GraphInput {
-  const { topology } = parseTopology(readFileSync(file, 'utf8'), file);
+  const { topology } = parseBuildableTopology(readFileSync(file, 'utf8'), file);
   const net = buildNet(topology);
   const plan = computePlan({ net, state: emptyState('cd'.repeat(32)), rngFor: rngFactory(seed), now: '2024-01-01T00:00:00Z' });
   return { net, state: plan.state, title: `onionctl: ${path.basename(file)}`, operators: topology.operators };

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { KdfKeySource, StoredKeySource, fingerprint, kdfInfo, keyStoreId, type SaKeyId } from '../../src/keys/kdf.js';
 import { PROFILES } from '../../src/keys/profiles.js';
 import { CRYPTO_PROFILES } from '../../src/topology/schema.js';
-import { UserError, loadKeyStore, loadOrCreateSecret } from '../../src/util/files.js';
+import { loadKeyStore, loadOrCreateSecret } from '../../src/store/files.js';
+import { UserError } from '../../src/util/errors.js';
 
 const SECRET = Buffer.from('00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff', 'hex');
 const SALT = 'c0'.repeat(32);

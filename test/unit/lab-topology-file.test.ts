@@ -6,7 +6,7 @@
  */
 import { describe, expect, test } from '@jest/globals';
 import { readFileSync } from 'node:fs';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { buildNet } from '../../src/topology/net.js';
 import { labTopology, labTopologyText } from '../../src/lab/topology-file.js';
 import { sshTargetFor } from '../../src/remote/fleet.js';
@@ -28,13 +28,13 @@ function optionsFor(names: string[], nftReplaced: string[] = []) {
 
 describe('the lab topology file', () => {
   const file = examplePath('three-mixes.yaml');
-  const { topology: t } = parseTopology(readFileSync(file, 'utf8'), file);
+  const { topology: t } = parseBuildableTopology(readFileSync(file, 'utf8'), file);
   const names = [...t.routers.map((r) => r.name), ...t.clients.map((c) => c.name)];
 
   test('parses back (schema and semantics) with an ssh block per node, quickack on', () => {
     const text = labTopologyText(labTopology(t, optionsFor(names)), ['made by a test', '', 'second line']);
     expect(text.startsWith('# made by a test\n#\n# second line\n')).toBe(true);
-    const back = parseTopology(text, 'lab.yaml').topology;
+    const back = parseBuildableTopology(text, 'lab.yaml').topology;
     const net = buildNet(back);
     expect(net.quickack).toBe(true);
     names.forEach((n, i) => {
@@ -43,7 +43,7 @@ describe('the lab topology file', () => {
   });
 
   test('plans the same circuits and, quickack aside, the same configuration as the original', () => {
-    const back = buildNet(parseTopology(labTopologyText(labTopology(t, optionsFor(names)), []), 'lab.yaml').topology);
+    const back = buildNet(parseBuildableTopology(labTopologyText(labTopology(t, optionsFor(names)), []), 'lab.yaml').topology);
     const orig = buildNet(t);
     const plan = (net: typeof orig) => computePlan({ net, state: emptyState('a'.repeat(64)), rngFor: rngFactory('7'), now: '2025-01-01T00:00:00Z' });
     const a = plan(orig);
@@ -66,11 +66,11 @@ describe('the lab topology file', () => {
       links: [[r1, r2]]
       circuits: [{ name: x, client: c, to: [203.0.113.80/32], hops: 2 }]
     `);
-    const src = parseTopology(yaml, 'nft.yaml').topology;
+    const src = parseBuildableTopology(yaml, 'nft.yaml').topology;
     const n = ['r1', 'r2', 'c'];
-    const none = buildNet(parseTopology(labTopologyText(labTopology(src, optionsFor(n)), []), 'a.yaml').topology);
+    const none = buildNet(parseBuildableTopology(labTopologyText(labTopology(src, optionsFor(n)), []), 'a.yaml').topology);
     expect([none.nat, none.routers.get('r1')!.nat, none.routers.get('r2')!.nat, none.routers.get('r2')!.exit!.nat]).toEqual(['nftables', 'nftables', 'nftables', 'nftables']);
-    const lab = buildNet(parseTopology(labTopologyText(labTopology(src, optionsFor(n, ['r1', 'r2'])), []), 'b.yaml').topology);
+    const lab = buildNet(parseBuildableTopology(labTopologyText(labTopology(src, optionsFor(n, ['r1', 'r2'])), []), 'b.yaml').topology);
     expect([lab.nat, lab.routers.get('r1')!.nat, lab.routers.get('r2')!.nat, lab.routers.get('r2')!.exit!.nat]).toEqual(['iptables', 'iptables', 'iptables', 'iptables']);
   });
 

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { applyCommand, destroyCommand, planLiveCommand, rekeyCommand, rotateCommand, type LiveDeps } from '../../src/cli/apply-command.js';
 import type { Connector } from '../../src/remote/fleet.js';
 import { TransportError } from '../../src/remote/transport.js';
-import { UserError } from '../../src/util/files.js';
+import { UserError } from '../../src/util/errors.js';
 import { FakeTransport, type ExecRecord } from '../helpers/apply.js';
 import { EXAMPLES, run, tempDir } from '../helpers/cli.js';
 

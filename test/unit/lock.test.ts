@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, w
 import os from 'node:os';
 import path from 'node:path';
 import { acquireLock, describeLock, lockPath, type LockInfo } from '../../src/apply/lock.js';
-import { UserError } from '../../src/util/files.js';
+import { UserError } from '../../src/util/errors.js';
 
 let dir: string;
 let state: string;

@@ -4,7 +4,7 @@ import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { labLayout } from '../../src/lab/layout.js';
 import { formatMapping, remapToLab } from '../../src/lab/remap.js';
 import { cidrContains, cidrContainsAddr, cidrOverlaps, isLabSafe, parseCidr, parseIPv4, parseIfAddr, slash16, type Cidr } from '../../src/net/addr.js';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { buildNet } from '../../src/topology/net.js';
 import { TopologySchema, type Topology } from '../../src/topology/schema.js';
 import { validateSemantics } from '../../src/topology/validate.js';
@@ -66,7 +66,7 @@ const REAL = `
 
 function example(name: string): Topology {
   const file = examplePath(name);
-  return parseTopology(readFileSync(file, 'utf8'), file).topology;
+  return parseBuildableTopology(readFileSync(file, 'utf8'), file).topology;
 }
 
 /** Every address field of a topology, in a fixed order, with the prefix it stands for. */
@@ -178,7 +178,7 @@ describe('remapToLab: a topology with real addresses', () => {
 
   test('the result passes semantic validation, round-trips through YAML and labLayout accepts it', () => {
     expect(validateSemantics(r.topology)).toEqual([]);
-    const again = parseTopology(stringifyYaml(r.topology), 'lab-topology.yaml').topology;
+    const again = parseBuildableTopology(stringifyYaml(r.topology), 'lab-topology.yaml').topology;
     expect(again).toEqual(r.topology);
     const l = labLayout(buildNet(r.topology), 'ab12');
     for (const d of dst) if (d.cidr.len > 0) expect([d.where, cidrOverlaps(l.mgmtNet, d.cidr)]).toEqual([d.where, false]);

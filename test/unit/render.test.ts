@@ -15,7 +15,7 @@ import { computePlan, filesDigest, renderAll, type Plan } from '../../src/plan/p
 import { limitWords, policyLine, renderIptables, renderNft, renderNode, stateLine, type RenderedFile, type Templates } from '../../src/render/render.js';
 import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
-import { loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
 import { K2_YAML, K4_YAML, examplePath, exampleNet, netFromYaml } from '../helpers/net.js';
 
 const SALT = '3c'.repeat(32);

@@ -36,9 +36,11 @@ import type { Templates } from '../../src/render/render.js';
 import { Sessions } from '../../src/remote/fleet.js';
 import { buildConfigs } from '../../src/spd/build.js';
 import { emptyState, type State } from '../../src/state/model.js';
-import { PlanError, allSas, circuitSaId, expireRetiring, reconcile, rekeySa, rotateCircuits, saRecord, saRefOfId, type SaRef } from '../../src/state/reconcile.js';
+import { formatSaId } from '../../src/keys/sa-id.js';
+import { PlanError, allSas, expireRetiring, reconcile, rekeySa, rotateCircuits, saRecord, saRefOfId, type SaRef } from '../../src/state/reconcile.js';
 import type { Net } from '../../src/topology/net.js';
-import { UserError, loadTemplates } from '../../src/util/files.js';
+import { loadTemplates } from '../../src/store/files.js';
+import { UserError } from '../../src/util/errors.js';
 import { FakeTransport, emptyObserved, recordingProgress, type ExecRecord } from '../helpers/apply.js';
 import { K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
 
@@ -138,7 +140,7 @@ function expectNoKeyReuse(before: State, p: LivePlan): void {
 }
 
 function idOf(s: State, ref: SaRef): string {
-  if ('circuit' in ref) return circuitSaId(ref.circuit, s.circuits[ref.circuit]!.generation, ref.hop, ref.dir);
+  if ('circuit' in ref) return formatSaId({ kind: 'telescope', circuit: ref.circuit, generation: s.circuits[ref.circuit]!.generation, hop: ref.hop, dir: ref.dir });
   const l = s.links[ref.link]!;
   return ref.dir === 'ab' ? `link:${l.a}>${l.b}` : `link:${l.b}>${l.a}`;
 }
@@ -634,8 +636,8 @@ describe('rotateCircuits', () => {
     const ids = [...buildConfigs(three, r.state).values()].flatMap((cfg) => cfg.states.map((s) => s.key.id)).filter((id) => id.startsWith('circuit:'));
     expect(ids.length).toBeGreaterThan(0);
     for (const id of ids) expect(id).toMatch(new RegExp(`^circuit:web:g${old.generation + 1}:hop[1-3]:(fwd|rev)$`));
-    expect(saRefOfId(r.state, circuitSaId('web', old.generation, 1, 'fwd'))).toBeUndefined();
-    expect(saRefOfId(r.state, circuitSaId('web', c.generation, 1, 'fwd'))).toEqual({ circuit: 'web', hop: 1, dir: 'fwd' });
+    expect(saRefOfId(r.state, formatSaId({ kind: 'telescope', circuit: 'web', generation: old.generation, hop: 1, dir: 'fwd' }))).toBeUndefined();
+    expect(saRefOfId(r.state, formatSaId({ kind: 'telescope', circuit: 'web', generation: c.generation, hop: 1, dir: 'fwd' }))).toEqual({ circuit: 'web', hop: 1, dir: 'fwd' });
     // links untouched; one event
     expect(JSON.stringify(r.state.links)).toBe(JSON.stringify(s1.links));
     expect(r.events).toEqual([expect.objectContaining({ kind: 'circuit-repathed', circuit: 'web', hops: c.hops, from: old.hops, reason: expect.stringMatching(/^rotated/) })]);

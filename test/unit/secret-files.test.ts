@@ -11,7 +11,9 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } 
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { emptyState } from '../../src/state/model.js';
-import { UserError, loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveState, unsafeDirectory } from '../../src/util/files.js';
+import { unsafeDirectory } from '../../src/util/files.js';
+import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveState } from '../../src/store/files.js';
+import { UserError } from '../../src/util/errors.js';
 import { EXAMPLES, run, SPAWN_TIMEOUT, STACK_LINE } from '../helpers/cli.js';
 
 jest.setTimeout(SPAWN_TIMEOUT);

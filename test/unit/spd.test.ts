@@ -17,7 +17,7 @@ import { emptyState, type SaRecord, type State } from '../../src/state/model.js'
 import type { Net } from '../../src/topology/net.js';
 import { buildConfigs } from '../../src/spd/build.js';
 import { TopologyError } from '../../src/topology/diagnostics.js';
-import { parseTopology } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { auditState } from '../../src/audit/audit.js';
 import { K2_YAML, K4_YAML, exampleNet, examplePath, netFromYaml } from '../helpers/net.js';
 
@@ -432,7 +432,7 @@ describe('TFC padding (circuit option tfcpad)', () => {
     Object.fromEntries(p.configs.get(node)!.states.map((s) => [s.comment, s.tfcpad ?? 0]));
   const diag = (text: string) => {
     try {
-      parseTopology(text, 't.yaml');
+      parseBuildableTopology(text, 't.yaml');
     } catch (e) {
       if (e instanceof TopologyError) return e.diagnostics.map((d) => `${d.line}:${d.col}: ${d.message}`);
       throw e;

@@ -12,7 +12,8 @@ import { NONCE_LABEL, rngFactory, SeededRng, type RngFactory } from '../../src/p
 import { SPI_BASE, emptyState, type CircuitState, type SaRecord, type State } from '../../src/state/model.js';
 import { PlanError, reconcile } from '../../src/state/reconcile.js';
 import type { Net } from '../../src/topology/net.js';
-import { UserError, loadState, saveState } from '../../src/util/files.js';
+import { loadState, saveState } from '../../src/store/files.js';
+import { UserError } from '../../src/util/errors.js';
 import { netFromYaml } from '../helpers/net.js';
 
 const SALT = 'ab'.repeat(32);

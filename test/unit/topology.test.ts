@@ -8,14 +8,15 @@ import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { parseDocument } from 'yaml';
 import { SourceText, TopologyError, formatDiagnostic, formatDiagnosticHeader, type Diagnostic } from '../../src/topology/diagnostics.js';
-import { formatPath, locate, parseTopology } from '../../src/topology/load.js';
+import { formatPath, locate } from '../../src/topology/load.js';
+import { parseBuildableTopology } from '../../src/pathselect/buildable.js';
 import { BAD_CASES } from '../helpers/bad-fixtures.js';
 import { BAD_FIXTURES, EXAMPLES } from '../helpers/cli.js';
 
 /** The diagnostics parseTopology throws for `text`; fails the test if it does not throw one. */
 function diagnosticsOf(text: string, file = 't.yaml'): Diagnostic[] {
   try {
-    parseTopology(text, file);
+    parseBuildableTopology(text, file);
   } catch (e) {
     if (e instanceof TopologyError) return e.diagnostics;
     throw e;
@@ -73,7 +74,7 @@ function edit(lines: Record<number, string | null>, append = ''): string {
 
 describe('valid topologies', () => {
   test('BASE is valid, and defaults are filled in', () => {
-    const { topology } = parseTopology(BASE, 'base.yaml');
+    const { topology } = parseBuildableTopology(BASE, 'base.yaml');
     expect(topology.hops).toBe(3);
     expect(topology.crypto).toBe('aes-gcm');
     expect(topology.keys).toEqual({ source: 'kdf' });
@@ -85,13 +86,13 @@ describe('valid topologies', () => {
   const examples = ['three-mixes.yaml', 'large.yaml'].filter((f) => existsSync(path.join(EXAMPLES, f)));
   test.each(examples)('examples/%s is valid', (f) => {
     const text = readFileSync(path.join(EXAMPLES, f), 'utf8');
-    const { topology } = parseTopology(text, f);
+    const { topology } = parseBuildableTopology(text, f);
     expect(topology.routers.length).toBeGreaterThanOrEqual(3);
     expect(topology.circuits.length).toBeGreaterThanOrEqual(1);
   });
 
   test('CRLF line endings are accepted', () => {
-    expect(() => parseTopology(BASE.replace(/\n/g, '\r\n'), 'crlf.yaml')).not.toThrow();
+    expect(() => parseBuildableTopology(BASE.replace(/\n/g, '\r\n'), 'crlf.yaml')).not.toThrow();
   });
 });
 
@@ -329,8 +330,8 @@ describe('ssh.hostKey is checked at validate time (a key that is not a key never
   const good = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl';
 
   test('an ed25519 key (with or without a comment) is accepted', () => {
-    expect(() => parseTopology(withKey(good), 'k.yaml')).not.toThrow();
-    expect(() => parseTopology(withKey(`${good} root@or1`), 'k.yaml')).not.toThrow();
+    expect(() => parseBuildableTopology(withKey(good), 'k.yaml')).not.toThrow();
+    expect(() => parseBuildableTopology(withKey(`${good} root@or1`), 'k.yaml')).not.toThrow();
   });
 
   test.each([
