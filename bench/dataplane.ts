@@ -38,7 +38,7 @@ import type { LabNode } from '../src/lab/layout.js';
 import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
 import { labStatePath, loadLabNet } from '../src/lab/run.js';
 import { attachGuest } from '../src/lab/uml.js';
-import { loadState } from '../src/util/files.js';
+import { loadState } from '../src/store/files.js';
 
 // ---------------------------------------------------------------------------------------------
 // benchmark addresses (lab-safe) and xfrm identifiers (outside onionctl's 0x4f000000 range)

@@ -34,7 +34,8 @@ import { buildConfigs } from '../src/spd/build.js';
 import { emptyState } from '../src/state/model.js';
 import { reconcile } from '../src/state/reconcile.js';
 import { buildNet } from '../src/topology/net.js';
-import { loadTemplates, packageVersion } from '../src/util/files.js';
+import { packageVersion } from '../src/util/files.js';
+import { loadTemplates } from '../src/store/files.js';
 import { checkGenerated, generateTopology, parseGenerated, poolUsage, type PoolUsage } from './gen-topology.js';
 
 const MiB = 1024 * 1024;
