@@ -47,23 +47,10 @@ import { ctlPaths, labDir, readPointer, readRecord, type LabRecord } from '../sr
 import { attachGuest } from '../src/lab/uml.js';
 import { applyTopology } from './apply-topology.js';
 import { validateGenerated } from './gen-topology.js';
+import { binPath, loadavg, log, runIfMain, stat, type Stat } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // pure helpers
-
-export interface Stat {
-  median: number;
-  min: number;
-  max: number;
-  n: number;
-}
-
-export function stat(xs: readonly number[]): Stat {
-  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (v.length === 0) return { median: NaN, min: NaN, max: NaN, n: 0 };
-  const m = v.length >> 1;
-  return { median: v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2, min: v[0]!, max: v[v.length - 1]!, n: v.length };
-}
 
 export interface ObjectCounts {
   states: number;
@@ -192,11 +179,6 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-const t0 = Date.now();
-const log = (s: string) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(7)}s] ${s}\n`);
-const binPath = () => path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/bin.js');
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 interface Child {
   kill(sig: NodeJS.Signals): void;
   done: Promise<number>;
@@ -299,7 +281,7 @@ interface SizeResult {
   procStart: number[];
 }
 
-const loadavg = async () => (await fs.readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, 3).join(' ');
+const loadavg3 = () => loadavg(3);
 
 async function guestRun(lab: Lab, script: string, o: { stdin?: string; timeoutMs?: number } = {}) {
   return lab.host.run(['bash', '-c', script], { ...(o.stdin !== undefined ? { stdin: o.stdin } : {}), timeoutMs: o.timeoutMs ?? 1_800_000 });
@@ -418,7 +400,7 @@ async function destroy(lab: Lab): Promise<void> {
 const TIME = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
 
 async function timedApply(lab: Lab, work: string, rep: number, kind: ApplyRun['kind'], extra: string[] = []): Promise<ApplyRun> {
-  const load = await loadavg();
+  const load = await loadavg3();
   const outFile = path.join(work, `apply-${lab.size}-${kind}-${rep}.out`);
   const timeFile = path.join(work, `apply-${lab.size}-${kind}-${rep}.time`);
   const errFile = path.join(work, `apply-${lab.size}-${kind}-${rep}.err`);
@@ -588,7 +570,7 @@ async function measureSize(a: Args, lab: Lab, work: string, secrets: string, wit
     const clients = lab.nodes.filter((n) => n.kind === 'client').map((n) => n.name);
     const res: SizeResult = { size: lab.size, label: `${lab.size}`, routers: lab.routers.map((n) => n.name), clients, nodes: lab.nodes.length, counts, applies: [], baselines: [], procStart: [] };
     for (let rep = 1; rep <= a.reps && !stopping; rep++) {
-      log(`R=${lab.size} repetition ${rep}/${a.reps} (load ${await loadavg()})`);
+      log(`R=${lab.size} repetition ${rep}/${a.reps} (load ${await loadavg3()})`);
       res.procStart.push(await procStartProbe(lab));
       const doApply = async () => {
         log('  destroy (untimed)');
@@ -625,7 +607,7 @@ async function measureSize(a: Args, lab: Lab, work: string, secrets: string, wit
     const clients = lab.nodes.filter((n) => n.kind === 'client').map((n) => n.name);
     const res: SizeResult = { size: 1, label: `1 (${target.name} of ${lab.size})`, routers: [target.name], clients, nodes: lab.nodes.length, counts, applies: [], baselines: [], procStart: [] };
     for (let rep = 1; rep <= a.reps && !stopping; rep++) {
-      log(`R=1 (${target.name} of the ${lab.size}-router lab) repetition ${rep}/${a.reps} (load ${await loadavg()})`);
+      log(`R=1 (${target.name} of the ${lab.size}-router lab) repetition ${rep}/${a.reps} (load ${await loadavg3()})`);
       res.procStart.push(await procStartProbe(lab));
       const doApply = async () => {
         log(`  emptying ${target.name} as a reboot would (untimed)`);
@@ -803,7 +785,7 @@ async function gitDescribe(): Promise<string> {
 async function main(): Promise<number> {
   const a = parseArgs(process.argv.slice(2));
   if (process.getuid && process.getuid() !== 0) throw new Error('the lab needs root');
-  const load0 = await loadavg();
+  const load0 = await loadavg3();
   const commit = await gitDescribe();
   const work = await fs.mkdtemp('/tmp/bench-apply/run-').catch(async () => {
     await fs.mkdir('/tmp/bench-apply', { recursive: true, mode: 0o700 });
@@ -870,7 +852,7 @@ async function main(): Promise<number> {
     }
     const order = (r: SizeResult) => r.size;
     results.sort((x, y) => order(x) - order(y));
-    const meta = { load0, load1: await loadavg(), commit };
+    const meta = { load0, load1: await loadavg3(), commit };
     if (a.json) process.stdout.write(JSON.stringify({ args: a, meta, results, summary: results.map(summarizeSize) }, null, 2) + '\n');
     else process.stdout.write(formatReport(a, results, meta));
     log(`per-apply progress logs and results.json (no keys): ${work}`);
@@ -883,13 +865,5 @@ async function main(): Promise<number> {
 }
 
 // not when imported (e.g. by a test of the pure helpers)
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  main().then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      process.stderr.write(`bench/apply: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, 'bench/apply', main);
 

@@ -24,21 +24,20 @@
  *
  * A benchmark prints; it never asserts.
  */
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { PROFILES, innerMtu } from '../src/keys/profiles.js';
 import { formatIPv4 } from '../src/net/addr.js';
 import { startCapture, type Packet } from '../src/lab/capture.js';
 import { parseXfrmStats } from '../src/lab/check.js';
-import { DirectHost, GuestHost, inNs, script, type HostResult, type LabHost } from '../src/lab/host.js';
+import { GuestHost, inNs, script, type LabHost } from '../src/lab/host.js';
 import type { LabNode } from '../src/lab/layout.js';
 import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
 import { labStatePath, loadLabNet } from '../src/lab/run.js';
 import { attachGuest } from '../src/lab/uml.js';
 import { loadState } from '../src/store/files.js';
+import { CtlHost, labTeardown, loadavg, log, nsx, onionctl, runIfMain, stat, type Stat } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // benchmark addresses (lab-safe) and xfrm identifiers (outside onionctl's 0x4f000000 range)
@@ -63,21 +62,6 @@ type PathKey = (typeof PATHS)[number];
 
 // ---------------------------------------------------------------------------------------------
 // pure helpers (statistics, parsing, formatting)
-
-export interface Stat {
-  median: number;
-  min: number;
-  max: number;
-  n: number;
-}
-
-export function stat(xs: readonly number[]): Stat {
-  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (v.length === 0) return { median: NaN, min: NaN, max: NaN, n: 0 };
-  const m = v.length >> 1;
-  const median = v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2;
-  return { median, min: v[0]!, max: v[v.length - 1]!, n: v.length };
-}
 
 /** "time=0.43 ms" values of a ping run. */
 export function parsePingRtts(text: string): number[] {
@@ -167,38 +151,6 @@ function parseArgs(argv: string[]): Args {
   return a;
 }
 
-const t0 = Date.now();
-const log = (s: string) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${s}\n`);
-
-const binPath = () => path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/bin.js');
-
-let currentChild: { child: ReturnType<typeof spawn>; done: Promise<number> } | undefined;
-
-/** Runs `onionctl lab ...` as a child process; its output goes to our stderr. */
-function onionctl(args: string[]): Promise<number> {
-  const child = spawn(process.execPath, [binPath(), ...args], { stdio: ['ignore', 2, 2] });
-  const done = new Promise<number>((resolve) => {
-    child.on('error', () => resolve(1));
-    child.on('exit', (code) => resolve(code ?? 1));
-  });
-  const me = { child, done };
-  currentChild = me;
-  void done.then(() => {
-    if (currentChild === me) currentChild = undefined;
-  });
-  return done;
-}
-
-/** The lab's switch namespace: the guest's root namespace, or the ctl namespace here. */
-class CtlHost implements LabHost {
-  readonly kind = 'direct' as const;
-  private readonly d = new DirectHost();
-  constructor(private readonly ns: string) {}
-  run(argv: readonly string[], opts?: { stdin?: string; timeoutMs?: number }): Promise<HostResult> {
-    return this.d.run(['ip', 'netns', 'exec', this.ns, ...argv], opts);
-  }
-}
-
 /** Everything the measurement needs to know about the lab. */
 interface Bench {
   rec: LabRecord;
@@ -220,8 +172,6 @@ interface Bench {
   ceilMtu: number;
   crypto: string;
 }
-
-const nsx = (ns: string, cmd: string) => `nsenter --net=/run/netns/${ns} ${cmd}`;
 
 async function describe(rec: LabRecord, host: LabHost): Promise<Bench> {
   const net = await loadLabNet(rec);
@@ -726,10 +676,6 @@ function formatTable(b: Bench, a: Args, s: Summary, reps: RepResult[], checks: s
 
 // ---------------------------------------------------------------------------------------------
 
-async function loadavg(): Promise<string> {
-  return (await fs.readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ')[0]!;
-}
-
 async function main(): Promise<number> {
   const a = parseArgs(process.argv.slice(2));
   const load0 = await loadavg();
@@ -741,26 +687,7 @@ async function main(): Promise<number> {
   const topo = path.join(tmp, path.basename(src));
   await fs.copyFile(src, topo);
 
-  let downP: Promise<void> | undefined;
-  const down = () =>
-    (downP ??= (async () => {
-      log('tearing the lab down');
-      // a `lab up` still running removes what it made itself (its own cleanup trap); wait for it
-      const running = currentChild;
-      if (running) {
-        running.child.kill('SIGTERM');
-        await running.done;
-      }
-      const code = await onionctl(['lab', 'down', topo]);
-      if (code !== 0) log(`onionctl lab down exited ${code}; check ip netns list and ${labDir('*')}`);
-      await fs.rm(tmp, { recursive: true, force: true });
-    })());
-  const onSignal = (sig: NodeJS.Signals) => {
-    log(`${sig}: stopping`);
-    void down().then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const { down, stopping, dispose } = labTeardown(topo, tmp);
 
   try {
     log(`bringing up a lab for ${a.topology} (copy: ${topo})`);
@@ -768,13 +695,13 @@ async function main(): Promise<number> {
     // (unknown status)" (an empty /proc/<pid>/cmdline while ip netns exec execs UML); a failed
     // up removes what it made, so a transient failure is simply tried again
     let code = 1;
-    for (let attempt = 1; attempt <= 3 && !downP; attempt++) {
+    for (let attempt = 1; attempt <= 3 && !stopping(); attempt++) {
       code = await onionctl(['lab', 'up', topo]);
       if (code === 0) break;
-      if (attempt < 3 && !downP) log(`onionctl lab up exited ${code}; trying again (${attempt + 1}/3)`);
+      if (attempt < 3 && !stopping()) log(`onionctl lab up exited ${code}; trying again (${attempt + 1}/3)`);
     }
     if (code !== 0) throw new Error(`onionctl lab up exited ${code}`);
-    if (downP) return 1;
+    if (stopping()) return 1;
     const id = await readPointer(topo);
     const rec = id ? await readRecord(labDir(id)) : undefined;
     if (!rec) throw new Error('no lab record after lab up');
@@ -795,7 +722,7 @@ async function main(): Promise<number> {
 
     const reps: RepResult[] = [];
     for (let i = 0; i < a.reps; i++) {
-      if (downP) return 1;
+      if (stopping()) return 1;
       const r = await runRep(b, a, i);
       reps.push(r);
       log(
@@ -831,19 +758,10 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await down();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    dispose();
   }
 }
 
 // not when imported (e.g. by a test of the pure helpers)
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  main().then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      process.stderr.write(`dataplane: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, 'dataplane', main);
 

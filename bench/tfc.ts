@@ -19,15 +19,14 @@
  * It brings the lab up with `onionctl lab up` on a private topology file, and always takes it down
  * again (on errors and on SIGINT/SIGTERM too). A benchmark prints; it never asserts.
  */
-import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { DirectHost, GuestHost, type HostResult, type LabHost } from '../src/lab/host.js';
+import { GuestHost, type LabHost } from '../src/lab/host.js';
 import type { LabNode } from '../src/lab/layout.js';
 import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
 import { formatIPv4 } from '../src/net/addr.js';
 import { attachGuest } from '../src/lab/uml.js';
+import { CtlHost, labTeardown, loadavg, log, nsx, onionctl, runIfMain, stat, type Stat } from './common.js';
 
 const CIRCUITS = ['padded', 'plain'] as const;
 type Circuit = (typeof CIRCUITS)[number];
@@ -82,20 +81,6 @@ circuits:
 
 // ---------------------------------------------------------------------------------------------
 // pure helpers
-
-export interface Stat {
-  median: number;
-  min: number;
-  max: number;
-  n: number;
-}
-
-export function stat(xs: readonly number[]): Stat {
-  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
-  if (v.length === 0) return { median: NaN, min: NaN, max: NaN, n: 0 };
-  const m = v.length >> 1;
-  return { median: v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2, min: v[0]!, max: v[v.length - 1]!, n: v.length };
-}
 
 /** veth counters: "@cnt NAME rx_bytes rx_packets tx_bytes tx_packets" lines -> map */
 export interface Counters {
@@ -162,39 +147,6 @@ function parseArgs(argv: string[]): Args {
   if (!(a.reps >= 1) || !(a.pings >= 1) || !(a.size >= 64) || a.pingSizes.some((s) => !(s >= 0 && s <= 1400))) throw new Error('bad --reps, --pings, --size or --ping-sizes');
   return a;
 }
-
-const t0 = Date.now();
-const log = (s: string) => process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(6)}s] ${s}\n`);
-const binPath = () => path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/bin.js');
-
-let currentChild: { child: ReturnType<typeof spawn>; done: Promise<number> } | undefined;
-
-/** Runs `onionctl ...` as a child process; its output goes to our stderr. */
-function onionctl(args: string[]): Promise<number> {
-  const child = spawn(process.execPath, [binPath(), ...args], { stdio: ['ignore', 2, 2] });
-  const done = new Promise<number>((resolve) => {
-    child.on('error', () => resolve(1));
-    child.on('exit', (code) => resolve(code ?? 1));
-  });
-  const me = { child, done };
-  currentChild = me;
-  void done.then(() => {
-    if (currentChild === me) currentChild = undefined;
-  });
-  return done;
-}
-
-/** The lab's switch namespace: the guest's root namespace, or the ctl namespace here. */
-class CtlHost implements LabHost {
-  readonly kind = 'direct' as const;
-  private readonly d = new DirectHost();
-  constructor(private readonly ns: string) {}
-  run(argv: readonly string[], opts?: { stdin?: string; timeoutMs?: number }): Promise<HostResult> {
-    return this.d.run(['ip', 'netns', 'exec', this.ns, ...argv], opts);
-  }
-}
-
-const nsx = (ns: string, cmd: string) => `nsenter --net=/run/netns/${ns} ${cmd}`;
 
 interface Lab {
   rec: LabRecord;
@@ -314,10 +266,6 @@ function formatTable(rows: Row[], a: Args, samples: Sample[], lab: Lab, load: { 
   return out.join('\n') + '\n';
 }
 
-async function loadavg(): Promise<string> {
-  return (await fs.readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ')[0]!;
-}
-
 async function main(): Promise<number> {
   const a = parseArgs(process.argv.slice(2));
   if (process.getuid && process.getuid() !== 0) throw new Error('the lab needs root');
@@ -326,31 +274,13 @@ async function main(): Promise<number> {
   const topo = path.join(tmp, 'tfc.yaml');
   await fs.writeFile(topo, topologyText(a.size, a.layers));
 
-  let downP: Promise<void> | undefined;
-  const down = () =>
-    (downP ??= (async () => {
-      log('tearing the lab down');
-      const running = currentChild;
-      if (running) {
-        running.child.kill('SIGTERM');
-        await running.done;
-      }
-      const code = await onionctl(['lab', 'down', topo]);
-      if (code !== 0) log(`onionctl lab down exited ${code}; check ip netns list and ${labDir('*')}`);
-      await fs.rm(tmp, { recursive: true, force: true });
-    })());
-  const onSignal = (sig: NodeJS.Signals) => {
-    log(`${sig}: stopping`);
-    void down().then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const { down, stopping, dispose } = labTeardown(topo, tmp);
 
   try {
     log(`bringing up a lab: two circuits, padded (tfcpad ${a.size} on layers ${a.layers}) and plain (${topo})`);
     const code = await onionctl(['lab', 'up', topo]);
     if (code !== 0) throw new Error(`onionctl lab up exited ${code}`);
-    if (downP) return 1;
+    if (stopping()) return 1;
     const id = await readPointer(topo);
     const rec = id ? await readRecord(labDir(id)) : undefined;
     if (!rec) throw new Error('no lab record after lab up');
@@ -370,7 +300,7 @@ async function main(): Promise<number> {
     for (let i = 0; i < a.reps; i++) {
       const order: Circuit[] = i % 2 === 0 ? ['padded', 'plain'] : ['plain', 'padded'];
       for (const c of order) {
-        if (downP) return 1;
+        if (stopping()) return 1;
         const s = await measure(lab, c, a);
         samples.push(s);
         log(
@@ -386,18 +316,9 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await down();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    dispose();
   }
 }
 
 // not when imported (e.g. by a test of the pure helpers)
-if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  main().then(
-    (code) => process.exit(code),
-    (e: unknown) => {
-      process.stderr.write(`tfc: ${e instanceof Error ? e.message : String(e)}\n`);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, 'tfc', main);

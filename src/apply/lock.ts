@@ -84,10 +84,6 @@ function parseLock(text: string | undefined): LockInfo | undefined {
   }
 }
 
-async function readLock(file: string): Promise<LockInfo | undefined> {
-  return parseLock(await readLockText(file));
-}
-
 export const describeLock = (i: LockInfo) => `${i.user}@${i.host} (pid ${i.pid}, "${i.command}") since ${i.since}`;
 
 export async function acquireLock(statePath: string, command: string, o: { breakLock?: boolean; note?: (s: string) => void } = {}): Promise<Lock> {

@@ -21,7 +21,7 @@
  * The row format is meant to be compared with a capture (tcpdump on the bridge side of a wire):
  * see rowKey() and compareObservations().
  */
-import { cidrContainsAddr, formatCidr, formatDest, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
+import { cidrContainsAddr, formatDest, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
 import type { NodeConfig, XfrmPolicy, XfrmTmpl } from '../model/config.js';
 import type { State } from '../state/model.js';
 import { linkKey, type Net } from '../topology/net.js';
@@ -40,8 +40,6 @@ export type AddrClass =
   /** a circuit's destination */
   | 'destination'
   | 'unknown';
-
-export const ADDR_CLASSES: readonly AddrClass[] = ['client-real', 'client-hop', 'router', 'exit-outside', 'destination', 'unknown'];
 
 export type PointKind = 'wire' | 'outside' | 'server';
 

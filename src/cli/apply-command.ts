@@ -4,7 +4,6 @@
  */
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
-import { z } from 'zod';
 import { describeRekey, interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, sysctlKeys, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
 import { acquireLock, type Lock } from '../apply/lock.js';
 import type { Change } from '../diff/diff.js';

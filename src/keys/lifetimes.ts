@@ -72,9 +72,6 @@ export const PACKETS_HARD_SEQ32 = 2 ** 32 - 2 ** 28;
 export const PACKETS_SOFT_ESN = 2 ** 32;
 export const PACKETS_HARD_ESN = 2 ** 34;
 
-/** The largest 32-bit sequence number; a non-ESN SA must never get there. */
-export const SEQ32_MAX = 2 ** 32 - 1;
-
 /** Replay windows: the legacy 32-bit bitmap for telescope SAs, 128 packets for ESN overlay SAs. */
 export const REPLAY_WINDOW_TELESCOPE = 32;
 export const REPLAY_WINDOW_OVERLAY = 128;

@@ -10,7 +10,7 @@
  *
  * Names are unique per lab id; host-side veth names fit IFNAMSIZ (15).
  */
-import { cidrContainsAddr, cidrOverlaps, formatCidr, formatIPv4, hostCidr, isLabSafe, maskOf, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
+import { cidrContainsAddr, cidrOverlaps, formatCidr, formatIPv4, hostCidr, isLabSafe, maskOf, parseCidr, type Cidr } from '../net/addr.js';
 import type { Net } from '../topology/net.js';
 import type { State } from '../state/model.js';
 import { LabError } from './errors.js';
@@ -237,9 +237,3 @@ export function serverBatch(s: LabServer): string[] {
   ];
 }
 
-/** Convenience for tests and the record file. */
-export function describeLayout(l: LabLayout): string {
-  return l.nodes.map((n) => `${n.name}: ns ${n.ns}, ${n.underlay.name} ${formatIPv4(n.underlay.addr)} <-> ${n.underlay.hostVeth}`).join('\n');
-}
-
-export { parseIPv4 };

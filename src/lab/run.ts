@@ -12,8 +12,6 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import ssh2 from 'ssh2';
 import { formatIPv4 } from '../net/addr.js';
-import { SshTransport } from '../remote/ssh.js';
-import type { Transport } from '../remote/transport.js';
 import { buildNet, type Net } from '../topology/net.js';
 import { parseBuildableTopology } from '../pathselect/buildable.js';
 import { writeFileAtomic } from '../util/files.js';
@@ -169,14 +167,6 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined>, timeou
     if (Date.now() > end) throw new LabError(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 200));
   }
-}
-
-export async function connectNode(rec: LabRecord, n: LabNode): Promise<Transport> {
-  const sshDir = path.join(rec.dir, 'ssh');
-  return SshTransport.connect(
-    { node: n.name, host: formatIPv4(n.mgmt.addr), port: 22, user: 'root' },
-    { identityFile: path.join(sshDir, 'id_ed25519'), knownHosts: [path.join(sshDir, 'known_hosts')], connectTimeoutMs: 60_000, commandTimeoutMs: 300_000 },
-  );
 }
 
 /**

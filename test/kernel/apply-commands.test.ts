@@ -31,6 +31,7 @@ import type { Net } from '../../src/topology/net.js';
 import { loadTemplates } from '../../src/store/files.js';
 import { containsKey, emptyConfig, plannedKeysHex } from '../helpers/apply.js';
 import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
+import { FOREIGN_IP, FOREIGN_IPTABLES, FOREIGN_NFT } from '../helpers/foreign.js';
 import { K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
 
 /** nonces for the epochs planAgainst/rekeySa allocate (reproducible in tests) */
@@ -41,29 +42,6 @@ if (unavailable) console.warn(`SKIPPING kernel apply test: ${unavailable}`);
 const describeKernel = unavailable ? describe.skip : describe;
 const nftMissing = run('nft', ['--version']).error !== undefined;
 
-const FOREIGN_IP = [
-  'xfrm policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out priority 100 tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 5 mode tunnel',
-  'xfrm policy add src 10.3.0.0/16 dst 0.0.0.0/0 proto tcp dport 22 dir out priority 50 action block',
-  // just below onionctl's band (0x4f00)
-  'xfrm policy add src 10.5.0.0/16 dst 10.6.0.0/16 dir fwd priority 20223',
-  'address add 10.30.0.1/32 dev lo',
-  'route add 10.20.0.0/16 via GW dev UL',
-  'route add 10.21.0.0/16 via GW dev UL proto static metric 100',
-  'route add blackhole 10.22.0.0/16 proto 80',
-].join('\n');
-const FOREIGN_IPTABLES = [
-  '*nat',
-  '-A POSTROUTING -s 10.0.0.0/8 -o UL -j MASQUERADE',
-  'COMMIT',
-  '*filter',
-  ':ADMIN - [0:0]',
-  '-A FORWARD -s 10.0.0.0/8 -j ADMIN',
-  '-A FORWARD -m comment --comment onionctl -j ACCEPT',
-  '-A ADMIN -j ACCEPT',
-  'COMMIT',
-  '',
-].join('\n');
-const FOREIGN_NFT = 'table inet admin {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 22 accept comment "onionctl"\n\t}\n}\n';
 
 const JUMPS = ['-A FORWARD -m comment --comment onionctl -j ONIONCTL-FORWARD', '-A POSTROUTING -m comment --comment onionctl -j ONIONCTL-POSTROUTING'];
 

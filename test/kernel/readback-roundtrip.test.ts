@@ -28,6 +28,7 @@ import type { Net } from '../../src/topology/net.js';
 import { loadTemplates } from '../../src/store/files.js';
 import { K2_YAML, K4_YAML, exampleNet, netFromYaml } from '../helpers/net.js';
 import { must, nodeNamespace, run, whyNoNetns } from '../helpers/kernel.js';
+import { FOREIGN_IP, FOREIGN_IPTABLES, FOREIGN_NFT } from '../helpers/foreign.js';
 import { poolsOf } from '../helpers/readback.js';
 
 const unavailable = whyNoNetns();
@@ -35,18 +36,6 @@ if (unavailable) console.warn(`SKIPPING kernel read-back round trip: ${unavailab
 const describeKernel = unavailable ? describe.skip : describe;
 const nftMissing = run('nft', ['--version']).error !== undefined;
 
-/** objects that are not onionctl's, loaded before onionctl's files (GW: a gateway on the underlay) */
-const FOREIGN_IP = [
-  'xfrm policy add src 10.1.0.0/16 dst 10.2.0.0/16 dir out priority 100 tmpl src 192.0.2.1 dst 192.0.2.2 proto esp reqid 5 mode tunnel',
-  'xfrm policy add src 10.3.0.0/16 dst 0.0.0.0/0 proto tcp dport 22 dir out priority 50 action block',
-  'xfrm policy add src 10.5.0.0/16 dst 10.6.0.0/16 dir fwd priority 20223',
-  'address add 10.30.0.1/32 dev lo',
-  'route add 10.20.0.0/16 via GW dev UL',
-  'route add 10.21.0.0/16 via GW dev UL proto static metric 100',
-  'route add blackhole 10.22.0.0/16',
-].join('\n');
-const FOREIGN_IPTABLES = ['*filter', ':ADMIN - [0:0]', '-A FORWARD -s 10.0.0.0/8 -j ADMIN', '-A FORWARD -m comment --comment onionctl -j ACCEPT', '-A ADMIN -j ACCEPT', 'COMMIT', ''].join('\n');
-const FOREIGN_NFT = 'table inet admin {\n\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n\t\ttcp dport 22 accept comment "onionctl"\n\t}\n}\n';
 
 const CASES: { name: string; net: () => Net; seed: string }[] = [
   { name: 'examples/three-mixes.yaml', net: () => exampleNet('three-mixes.yaml'), seed: 'kernel' },
@@ -77,7 +66,7 @@ describeKernel.each(CASES)('read back $name from network namespaces', ({ net: mk
       must('ip', ['-n', ns, '-batch', '-'], FOREIGN_IP.replaceAll('GW', gw).replaceAll('UL', n.underlay.name) + '\n');
       let variant: string | undefined;
       for (const v of ['iptables', 'iptables-legacy']) {
-        if (run('ip', ['netns', 'exec', ns, `${v}-restore`, '--noflush'], FOREIGN_IPTABLES).status === 0) {
+        if (run('ip', ['netns', 'exec', ns, `${v}-restore`, '--noflush'], FOREIGN_IPTABLES.replaceAll('UL', n.underlay.name)).status === 0) {
           variant = v;
           break;
         }

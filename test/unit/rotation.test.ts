@@ -22,7 +22,7 @@ import { STAGES, ownAddresses, stageOf, stageSteps, type Stage } from '../../src
 import { dueForRekey } from '../../src/apply/due.js';
 import { interfaceAddresses, markInstalled, planAgainst, pushChanges, type LivePlan, type NodePlan, type NodeRead } from '../../src/apply/engine.js';
 import { parseDuration } from '../../src/cli/apply-command.js';
-import { diffNode, type Change } from '../../src/diff/index.js';
+import type { Change } from '../../src/diff/index.js';
 import { KdfKeySource, fingerprint, type KeySource, type SaKeyId } from '../../src/keys/kdf.js';
 import { REKEY_AGE_SECONDS, type SaLifetime } from '../../src/keys/lifetimes.js';
 import { PROFILES } from '../../src/keys/profiles.js';

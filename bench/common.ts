@@ -1,0 +1,119 @@
+/**
+ * What every benchmark needs: the statistics, a timestamped log on stderr, the onionctl CLI as a
+ * child process, a LabHost for the lab's switch namespace, and the load average (printed beside
+ * every result: these machines are shared, so a number is read with the load it was taken under).
+ */
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DirectHost, type HostResult, type LabHost } from '../src/lab/host.js';
+import { labDir } from '../src/lab/record.js';
+
+export interface Stat {
+  median: number;
+  min: number;
+  max: number;
+  n: number;
+}
+
+/** median, min, max of the finite values */
+export function stat(xs: readonly number[]): Stat {
+  const v = xs.filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return { median: NaN, min: NaN, max: NaN, n: 0 };
+  const m = v.length >> 1;
+  return { median: v.length % 2 ? v[m]! : (v[m - 1]! + v[m]!) / 2, min: v[0]!, max: v[v.length - 1]!, n: v.length };
+}
+
+const t0 = Date.now();
+/** a line on stderr, stamped with the seconds since the benchmark started */
+export const log = (s: string): void => void process.stderr.write(`[${((Date.now() - t0) / 1000).toFixed(1).padStart(7)}s] ${s}\n`);
+
+/** the built CLI beside this module (dist/bench -> dist/src/cli/bin.js) */
+export const binPath = (): string => path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../src/cli/bin.js');
+
+let running: { child: ReturnType<typeof spawn>; done: Promise<number> } | undefined;
+
+/** The onionctl child running now, if any (to stop it when the benchmark is interrupted). */
+export const currentChild = () => running;
+
+/** Runs `onionctl ARGS` as a child process; its output goes to our stderr; resolves to its exit code. */
+export function onionctl(args: string[]): Promise<number> {
+  const child = spawn(process.execPath, [binPath(), ...args], { stdio: ['ignore', 2, 2] });
+  const done = new Promise<number>((resolve) => {
+    child.on('error', () => resolve(1));
+    child.on('exit', (code) => resolve(code ?? 1));
+  });
+  const me = { child, done };
+  running = me;
+  void done.then(() => {
+    if (running === me) running = undefined;
+  });
+  return done;
+}
+
+/** The lab's switch namespace on this machine (the lab without UML): commands run inside it. */
+export class CtlHost implements LabHost {
+  readonly kind = 'direct' as const;
+  private readonly d = new DirectHost();
+  constructor(private readonly ns: string) {}
+  run(argv: readonly string[], opts?: { stdin?: string; timeoutMs?: number }): Promise<HostResult> {
+    return this.d.run(['ip', 'netns', 'exec', this.ns, ...argv], opts);
+  }
+}
+
+/** a shell command run in a lab namespace */
+export const nsx = (ns: string, cmd: string): string => `nsenter --net=/run/netns/${ns} ${cmd}`;
+
+/** the 1-minute load average (or the first `n` of /proc/loadavg's three) */
+export async function loadavg(n = 1): Promise<string> {
+  return (await fs.readFile('/proc/loadavg', 'utf8').catch(() => '?')).split(' ').slice(0, n).join(' ');
+}
+
+/**
+ * Tears the lab of `topo` down once, however the benchmark ends: a `lab up` still running is
+ * stopped first (it removes what it made itself), then `onionctl lab down`, then `tmp` is
+ * removed. SIGINT and SIGTERM tear down and exit; call dispose() after the last down().
+ */
+export function labTeardown(topo: string, tmp: string): { down(): Promise<void>; stopping(): boolean; dispose(): void } {
+  let downP: Promise<void> | undefined;
+  const down = () =>
+    (downP ??= (async () => {
+      log('tearing the lab down');
+      const r = currentChild();
+      if (r) {
+        r.child.kill('SIGTERM');
+        await r.done;
+      }
+      const code = await onionctl(['lab', 'down', topo]);
+      if (code !== 0) log(`onionctl lab down exited ${code}; check ip netns list and ${labDir('*')}`);
+      await fs.rm(tmp, { recursive: true, force: true });
+    })());
+  const onSignal = (sig: NodeJS.Signals) => {
+    log(`${sig}: stopping`);
+    void down().then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return {
+    down,
+    /** true once a teardown started (a signal): stop measuring */
+    stopping: () => downP !== undefined,
+    dispose() {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}
+
+/** Runs `main` when `moduleUrl` is the script node was started with (not when a test imports it). */
+export function runIfMain(moduleUrl: string, name: string, main: () => Promise<number>): void {
+  if (!process.argv[1] || path.resolve(process.argv[1]) !== fileURLToPath(moduleUrl)) return;
+  main().then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      process.stderr.write(`${name}: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exit(1);
+    },
+  );
+}
