@@ -21,6 +21,7 @@ check python3 python3
 check nsenter util-linux
 check rsvg-convert librsvg2-bin
 check ip iproute2
+check shellcheck shellcheck
 if [ -n "$need" ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-deps: missing Debian packages:$need; run as root: apt-get install$need" >&2

@@ -40,7 +40,8 @@ if [ -n "$need" ]; then
 fi
 
 version=$(dpkg-query -W -f '${Version}' $SRC_PKG)
-tarball=$(ls /usr/src/linux-source-6.12*.tar.xz | head -n 1)
+tarball=
+for t in /usr/src/linux-source-6.12*.tar.xz; do [ -e "$t" ] && { tarball=$t; break; }; done
 base_config=$(mktemp)
 trap 'rm -f "$base_config"' EXIT
 linux.uml --showconfig > "$base_config" 2>/dev/null || /usr/bin/linux.uml --showconfig > "$base_config"

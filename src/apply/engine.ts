@@ -15,7 +15,7 @@ import type { NodeConfig } from '../model/config.js';
 import type { Change, Conflict } from '../diff/diff.js';
 import { addressKey, chainKey, diffNode, findConflicts, policyKey, routeKey, stateKey } from '../diff/diff.js';
 import { countChanges, type Counts } from '../diff/summary.js';
-import { observeNode, type ObservedNode } from '../readback/observed.js';
+import type { ObservedNode } from '../readback/observed.js';
 import { buildConfigs } from '../spd/build.js';
 import type { State, StateEvent } from '../state/model.js';
 import { rekeySaInPlace, saRecord, saRefOfId, type SaRef } from '../state/reconcile.js';
@@ -23,7 +23,7 @@ import type { Net } from '../topology/net.js';
 import type { RngFactory } from '../pathselect/rng.js';
 import type { Templates } from '../render/render.js';
 import { forEachSession, type Outcome, type Sessions } from '../remote/fleet.js';
-import { readRouter, type RemoteRead } from '../remote/read.js';
+import { readNode, type RemoteRead } from '../remote/read.js';
 import { TransportError } from '../remote/transport.js';
 import { ownAddresses, STAGES, stageSteps, type Stage, type Step } from './commands.js';
 
@@ -63,10 +63,7 @@ export async function readFleet(
   const pools = [...net.routers.values()].map((r) => r.pool);
   const outcomes = await forEachSession(nodes, sessions, parallel, async (t, node) => {
     progress.step(node, 'reading');
-    const read = await readRouter(t, node, { sysctlKeys: keysOf(node), ...(o.xfrmStat ? { xfrmStat: true } : {}) });
-    const observed = observeNode(node, read.outputs, { pools });
-    observed.sysctls = Object.fromEntries(read.sysctls);
-    return { read, observed };
+    return readNode(t, node, { sysctlKeys: keysOf(node), ...(o.xfrmStat ? { xfrmStat: true } : {}) }, { pools });
   });
   const out = new Map<string, NodeRead>();
   for (const oc of outcomes) {

@@ -22,7 +22,8 @@ import type { Net } from '../topology/net.js';
 import { linkKey, topologyNodes } from '../topology/net.js';
 import { UserError } from '../util/errors.js';
 import { formatStatus, statusJson } from '../status/format.js';
-import { readForStatus } from '../status/read.js';
+import { sampleOf } from '../status/read.js';
+import { readNode } from '../remote/read.js';
 import { computeStatus, type NodeReading, type NodeSample } from '../status/status.js';
 import { defaultPaths, readState, readTopology } from './context.js';
 import { fleetOptions, type SshCliOptions } from './ssh-options.js';
@@ -120,8 +121,8 @@ export async function runStatus(topology: string, opts: StatusOpts, deps: Status
   const fo = fleetOptions(opts);
   const parallel = fo.parallel ?? 10;
   const connect = deps.connector ? await deps.connector(net) : await sshConnector(net, fo);
-  const read = (t: Transport, node: string) =>
-    readForStatus(t, node, configs.get(node)?.sysctls.map((s) => s.key) ?? [], { pools });
+  const read = async (t: Transport, node: string) =>
+    sampleOf(await readNode(t, node, { sysctlKeys: configs.get(node)?.sysctls.map((s) => s.key) ?? [], xfrmStat: true }, { pools }));
 
   const readings = new Map<string, NodeReading>();
   let readAt: Date;

@@ -7,8 +7,11 @@
  * `ip -s xfrm state` prints keys: the text is parsed in memory (keys become fingerprints) and
  * never logged or stored.
  */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { packageRoot } from '../util/files.js';
 import { escapeControl } from '../util/text.js';
-import type { ReadbackOutputs } from '../readback/observed.js';
+import { observeNode, type ObservedNode, type OwnershipContext, type ReadbackOutputs } from '../readback/observed.js';
 import { TransportError, type Transport } from './transport.js';
 
 export interface RemoteRead {
@@ -32,51 +35,22 @@ export interface ReadOptions {
 }
 
 const SYSCTL_KEY = /^[a-z0-9_.-]+$/i;
-/** a newline inside a quoted `case` pattern: a line that starts with it */
-const NL = '\n';
 
+let shipped: string | undefined;
+/** src/remote/readback.sh, the script itself (shipped beside the code, linted by shellcheck in the tests) */
+export function readbackScriptFile(): string {
+  return (shipped ??= readFileSync(path.join(packageRoot(), 'src', 'remote', 'readback.sh'), 'utf8'));
+}
+
+/** The script as sent to `sh -s`: a header with this read's parameters, then readback.sh. */
 export function readScript(o: ReadOptions = {}): string {
-  const sec = (name: string) => `echo '${MARK} ${name}'`;
-  const lines = [
-    'export LC_ALL=C',
-    sec('clock'),
-    // the router's clock, in the zone `ip -s xfrm state` prints SA add/use times in
-    "date '+%Y-%m-%d %H:%M:%S'",
-    sec('xfrmState'),
-    'ip -s xfrm state || echo "@@onionctl-fail@@"',
-    sec('xfrmPolicy'),
-    'ip xfrm policy || echo "@@onionctl-fail@@"',
-    sec('routes'),
-    'ip route show table main || echo "@@onionctl-fail@@"',
-    sec('addresses'),
-    'ip -4 addr show dev lo || echo "@@onionctl-fail@@"',
-    sec('iptables'),
-    // which iptables holds onionctl's chains; else the one in use (iptables-nft warns when legacy
-    // tables exist); its name tells which restore to use. Matching is done with `case` and the
-    // legacy tables are read only when needed: every process start counts on a small router (and
-    // a large fraction of a second in an emulated one).
-    'a=; b=; ra=1; rb=1; v=',
-    'if command -v iptables-save >/dev/null 2>&1; then a=$(iptables-save 2>/dev/null); ra=$?; fi',
-    `if [ $ra = 0 ]; then case "$a" in ':ONIONCTL-'*|*'${NL}:ONIONCTL-'*) v=iptables ;; esac; fi`,
-    'if [ -z "$v" ] && command -v iptables-legacy-save >/dev/null 2>&1; then b=$(iptables-legacy-save 2>/dev/null); rb=$?; fi',
-    `if [ -z "$v" ] && [ $rb = 0 ]; then case "$b" in ':ONIONCTL-'*|*'${NL}:ONIONCTL-'*) v=iptables-legacy ;; esac; fi`,
-    'if [ -z "$v" ] && [ $ra = 0 ]; then case "$a" in *"legacy tables present"*) ;; *) v=iptables ;; esac; fi',
-    'if [ -z "$v" ] && [ $rb = 0 ]; then v=iptables-legacy; fi',
-    'if [ -z "$v" ] && [ $ra = 0 ]; then v=iptables; fi',
-    'if [ "$v" = iptables ]; then echo "@@variant iptables"; printf "%s\\n" "$a"; elif [ -n "$v" ]; then echo "@@variant iptables-legacy"; printf "%s\\n" "$b"; fi',
-    sec('nft'),
-    'if command -v nft >/dev/null 2>&1 && out=$(nft list ruleset 2>/dev/null); then echo "@@nft ok"; printf "%s\\n" "$out"; else echo "@@nft none"; fi',
-    sec('sysctls'),
-  ];
+  const args: string[] = [];
   for (const k of o.sysctlKeys ?? []) {
     if (!SYSCTL_KEY.test(k)) throw new Error(`internal: bad sysctl key ${k}`);
-    const p = `/proc/sys/${k.replace(/\./g, '/')}`;
-    // `read` is a shell builtin: no process per key (`val`, not `v`: that one holds the iptables variant)
-    lines.push(`val=; read -r val 2>/dev/null < ${p}; printf '%s=%s\\n' '${k}' "$val"`);
+    args.push(k, `/proc/sys/${k.replace(/\./g, '/')}`);
   }
-  if (o.xfrmStat) lines.push(sec('xfrmStat'), 'cat /proc/net/xfrm_stat 2>/dev/null || true');
-  lines.push(sec('end'));
-  return lines.join('\n') + '\n';
+  const header = [`set --${args.map((a) => ` '${a}'`).join('')}`, `ONIONCTL_XFRM_STAT=${o.xfrmStat ? 1 : 0}`];
+  return header.join('\n') + '\n' + readbackScriptFile();
 }
 
 /** No line that ip, iptables-save or nft prints comes near this. */
@@ -143,10 +117,25 @@ export function parseReadOutput(text: string, node: string): RemoteRead {
   return r;
 }
 
-export async function readRouter(t: Transport, node: string, o: ReadOptions = {}): Promise<RemoteRead> {
+/** One router as onionctl sees it: the raw read (for apply's iptables variant) and its objects, split by owner. */
+export interface NodeReadback {
+  read: RemoteRead;
+  /** observeNode() of the read, with `sysctls` filled in */
+  observed: ObservedNode;
+}
+
+/**
+ * Reads one router: one `sh -s` with the read-back script on stdin, parsed and split into
+ * onionctl's objects and foreign ones. The one read path of apply, plan --live, destroy, status,
+ * rekey and rotate.
+ */
+export async function readNode(t: Transport, node: string, o: ReadOptions, ctx: OwnershipContext): Promise<NodeReadback> {
   const r = await t.exec(['sh', '-s'], { stdin: readScript(o) });
   if (r.exitCode !== 0) {
     throw new TransportError(node, `${t.label}: reading the router back failed (exit ${r.exitCode}): ${r.stderr.trim().split('\n').slice(0, 3).join('; ')}`);
   }
-  return parseReadOutput(r.stdout, node);
+  const read = parseReadOutput(r.stdout, node);
+  const observed = observeNode(node, read.outputs, ctx);
+  observed.sysctls = Object.fromEntries(read.sysctls);
+  return { read, observed };
 }

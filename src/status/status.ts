@@ -23,6 +23,7 @@ import { policyKey } from '../diff/diff.js';
 import type { NodeConfig, XfrmPolicy, XfrmState } from '../model/config.js';
 import { parseSaId, type SaId } from '../keys/sa-id.js';
 import { formatIPv4 } from '../net/addr.js';
+import { xfrmTimeSeconds } from '../readback/xfrm.js';
 import type { ObservedNode, ObservedPolicy, ObservedState } from '../readback/observed.js';
 import type { State } from '../state/model.js';
 import { defaultLifetimeCheck, type LifetimeCheck, type LifetimeReport } from './lifetime.js';
@@ -235,16 +236,10 @@ function dedupe(fs: Finding[]): Finding[] {
   });
 }
 
-/** "YYYY-MM-DD HH:MM:SS" (router local time) -> seconds on a naive clock; undefined if not that */
-function naiveSeconds(t: string | undefined): number | undefined {
-  const m = /^(\d{4})-(\d{2})-(\d{2}) (\d{2}):(\d{2}):(\d{2})$/.exec(t?.trim() ?? '');
-  if (!m) return undefined;
-  return Date.UTC(+m[1]!, +m[2]! - 1, +m[3]!, +m[4]!, +m[5]!, +m[6]!) / 1000;
-}
-
 function since(clock: string | undefined, t: string | undefined): number | undefined {
-  const now = naiveSeconds(clock);
-  const then = naiveSeconds(t);
+  // both in the router's local time: compared on one naive clock
+  const now = xfrmTimeSeconds(clock);
+  const then = xfrmTimeSeconds(t);
   if (now === undefined || then === undefined) return undefined;
   return Math.max(0, now - then);
 }

@@ -13,9 +13,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { observeNode } from '../../src/readback/observed.js';
-import { parseReadOutput, readRouter, readScript } from '../../src/remote/read.js';
+import { parseReadOutput, readbackScriptFile, readNode, readScript, type ReadOptions } from '../../src/remote/read.js';
 import { TransportError, type ExecOptions, type ExecResult, type Transport } from '../../src/remote/transport.js';
 import { fixture, labNet, poolsOf } from '../helpers/readback.js';
+
+/** readNode's raw read (what these tests look at); its objects are checked by readback.test.ts */
+const readRouter = async (t: Transport, node: string, o: ReadOptions = {}) => (await readNode(t, node, o, { pools: [] })).read;
 
 /** the marker line read.ts writes between sections (spelled out here on purpose) */
 const sec = (name: string) => `@@onionctl@@ ${name}`;
@@ -93,9 +96,10 @@ describe('parseReadOutput and readRouter on recorded output', () => {
     expect(t.calls).toEqual([{ argv: ['sh', '-s'], stdin: readScript({ sysctlKeys: ['net.ipv4.ip_forward'], xfrmStat: true }) }]);
     expect(r.outputs.routes).toBe(OR1.routes);
     expect(t.calls[0]!.stdin).toContain('ip -s xfrm state');
-    expect(t.calls[0]!.stdin).toContain("read -r val 2>/dev/null < /proc/sys/net/ipv4/ip_forward");
-    expect(t.calls[0]!.stdin).toContain('cat /proc/net/xfrm_stat');
-    expect(readScript()).not.toContain('xfrm_stat');
+    // the shipped script, after a header with this read's parameters
+    expect(t.calls[0]!.stdin.startsWith("set -- 'net.ipv4.ip_forward' '/proc/sys/net/ipv4/ip_forward'\nONIONCTL_XFRM_STAT=1\n")).toBe(true);
+    expect(t.calls[0]!.stdin.endsWith(readbackScriptFile())).toBe(true);
+    expect(readScript().split('\n').slice(0, 2)).toEqual(['set --', 'ONIONCTL_XFRM_STAT=0']);
   });
 
   test('output cut short (no end marker) is an error, not a router that holds nothing', async () => {
@@ -210,7 +214,7 @@ const LEGACY_WARNING = '# Warning: iptables-legacy tables present, use iptables-
 const PLAIN_IPT = '*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n';
 
 describe('readScript run by sh: which iptables, nft or not', () => {
-  const read = (t: Tools, o: Parameters<typeof readRouter>[2] = {}) => readRouter(new LocalShTransport(toolDir(t)), 'or1', o);
+  const read = (t: Tools, o: ReadOptions = {}) => readRouter(new LocalShTransport(toolDir(t)), 'or1', o);
 
   test('the stand-ins see exactly the commands the script is meant to run; sections round-trip', async () => {
     const r = await read({ iptablesLegacySave: OR1.iptablesLegacy });

@@ -2,7 +2,7 @@
  * onionctl status (src/status, src/cli/status-command.ts), on recorded router output.
  *
  * Every router read here goes through the real read script: a fake Transport runs the script
- * that status sends (statusScript) in /bin/sh with PATH set to a directory of fake `ip`, `date`,
+ * that status sends (readScript, as readNode sends it) in /bin/sh with PATH set to a directory of fake `ip`, `date`,
  * `cat` and `iptables-legacy-save` that print the recorded fixtures of the UML lab
  * (test/fixtures/readback/uml-6.1, keys zeroed; see test/fixtures/status/README.md), so the
  * section markers, parseReadOutput, the xfrm parser and observeNode are all exercised.
@@ -23,7 +23,8 @@ import type { Connector } from '../../src/remote/fleet.js';
 import { TransportError, type ExecOptions, type ExecResult, type Transport } from '../../src/remote/transport.js';
 import { duration, formatStatus, statusJson, type StatusContext } from '../../src/status/format.js';
 import { checkLifetime } from '../../src/status/lifetime.js';
-import { readForStatus, statusScript } from '../../src/status/read.js';
+import { sampleOf as sampleOfRead } from '../../src/status/read.js';
+import { readNode, readScript } from '../../src/remote/read.js';
 import { computeStatus, type NodeReading, type NodeSample, type StatusInput, type StatusReport } from '../../src/status/status.js';
 import { packageRoot } from '../../src/util/files.js';
 import { fixture, labNet, labPlan, poolsOf, UML_NODES } from '../helpers/readback.js';
@@ -123,7 +124,7 @@ class FakeRouter implements Transport {
     try {
       const stdout = execFileSync('/bin/sh', ['-s'], {
         // sysctls are read with the shell's `read` builtin: point it at the fixture's files
-        input: (opts.stdin ?? '').replaceAll('< /proc/sys/', `< ${this.dir}/sys/`),
+        input: (opts.stdin ?? '').replaceAll("'/proc/sys/", `'${this.dir}/sys/`),
         env: { PATH: fakeBin, FIX: this.dir, FAKE_CLOCK: this.clock },
         encoding: 'utf8',
         stdio: ['pipe', 'pipe', 'pipe'],
@@ -163,7 +164,7 @@ function sampleOf(node: string, r: RouterFiles): Promise<NodeSample> {
   const k = JSON.stringify([node, r]);
   let s = samples.get(k);
   if (!s) {
-    s = readForStatus(new FakeRouter(node, r), node, cfg(node).sysctls.map((x) => x.key), { pools: poolsOf(net) });
+    s = readNode(new FakeRouter(node, r), node, { sysctlKeys: cfg(node).sysctls.map((x) => x.key), xfrmStat: true }, { pools: poolsOf(net) }).then(sampleOfRead);
     samples.set(k, s);
   }
   return s;
@@ -583,7 +584,7 @@ describe('onionctl status (runStatus with a fake connector)', () => {
     for (const t of seen) {
       expect(t.commands).toHaveLength(1);
       expect(t.commands[0]!.argv).toEqual(['sh', '-s']);
-      expect(t.commands[0]!.stdin).toBe(statusScript(cfg(t.node).sysctls.map((s) => s.key)));
+      expect(t.commands[0]!.stdin).toBe(readScript({ sysctlKeys: cfg(t.node).sysctls.map((s) => s.key), xfrmStat: true }));
     }
     const j = await runStatus(topo, { json: true }, { connector: connectorWith((_n, f) => f) });
     const doc = JSON.parse(j.stdout) as { format: string; health: string; circuits: { verdict: string; sas: { ends: { packets: number }[] }[] }[] };

@@ -154,6 +154,7 @@ StrictModes no
 EOS
 ip netns exec B /usr/sbin/sshd -f "$T/sshd_config" -o LogLevel=VERBOSE -E "$T/sshd.log"
 now sshd-started
+# shellcheck disable=SC2016 # expanded on B, not here
 ip netns exec A ssh -n -i "$T/id" -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null \
   -o LogLevel=ERROR -o ConnectTimeout=20 root@$B 'echo ssh-ok from $(hostname) $SSH_CONNECTION'
 now ssh-done
