@@ -17,7 +17,7 @@ import { addressKey, chainKey, diffNode, findConflicts, policyKey, routeKey, sta
 import { countChanges, type Counts } from '../diff/summary.js';
 import type { ObservedNode } from '../readback/observed.js';
 import { buildConfigs } from '../spd/build.js';
-import type { State, StateEvent } from '../state/model.js';
+import type { State } from '../state/model.js';
 import { rekeySaInPlace, saRecord, saRefOfId, type SaRef } from '../state/reconcile.js';
 import type { Net } from '../topology/net.js';
 import type { RngFactory } from '../pathselect/rng.js';
@@ -108,7 +108,6 @@ export interface Rekey {
 
 export interface LivePlan {
   state: State;
-  events: StateEvent[];
   configs: Map<string, NodeConfig>;
   nodes: NodePlan[];
   rekeys: Rekey[];
@@ -186,7 +185,7 @@ export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>
     const due = toRekey(s, nodes);
     if (due.size === 0 || round >= 3) {
       if (due.size > 0) throw new Error('internal: rekeying did not settle');
-      return { state: s, events: [], configs, nodes, rekeys };
+      return { state: s, configs, nodes, rekeys };
     }
     // one copy of the state for the whole round (not one per SA: that was quadratic)
     const next = structuredClone(s);

@@ -2,12 +2,10 @@
  * `plan --live`, `apply` and `destroy`: the edge around src/apply/engine.ts (files, SSH, lock,
  * signals, terminal).
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import { describeRekey, interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, sysctlKeys, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
 import { acquireLock, type Lock } from '../apply/lock.js';
-import type { Change } from '../diff/diff.js';
-import { changeJson, countChanges, countsLine, describeChange, formatChanges, type Counts } from '../diff/summary.js';
+import { changeJson, countChanges, countsLine, formatChanges, type Counts } from '../diff/summary.js';
 import { PROFILES } from '../keys/profiles.js';
 import { liveRngFactory, rngFactory } from '../pathselect/rng.js';
 import { keyStoreId } from '../keys/kdf.js';
@@ -15,7 +13,7 @@ import { computePlan } from '../plan/plan.js';
 import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
 import { describeEvent, emptyState, type State } from '../state/model.js';
 import { checkPlannedState } from '../state/check.js';
-import { MAX_SAVED_PLAN_BYTES, openPlan, SavedPlanError, sealPlan, stateDelta, type SavedPlan } from '../plan/saved.js';
+import { makeSavedPlan, MAX_SAVED_PLAN_BYTES, openPlan, planInputsMoved, SavedPlanError, sealPlan, staleNodes, stateDelta, type SavedPlan } from '../plan/planfile.js';
 import { escapeControl } from '../util/text.js';
 import { behindMark, pushedBefore } from '../state/high-water.js';
 import { allSas, expireRetiring, rekeySaInPlace, rotateCircuits, type SaRef } from '../state/reconcile.js';
@@ -45,9 +43,11 @@ export interface LiveOpts extends SshCliOptions {
   maxPlanAge?: string;
 }
 
-/** Lets tests and the lab swap SSH for another transport. */
+/** Lets tests and the lab swap SSH for another transport, and tests set the clock. */
 export interface LiveDeps {
   connector?: (net: Net) => Promise<Connector>;
+  /** the controller's clock (default: the system's) */
+  now?: () => Date;
 }
 
 interface Loaded {
@@ -59,29 +59,30 @@ interface Loaded {
   fresh: boolean;
   /** the state was behind its high-water mark and resumed (--accept-restored-state): save it even without changes */
   resumed: boolean;
+  /** the controller's clock: every time this command records or compares comes from it */
+  clock: () => Date;
 }
 
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
 /** `behind`: what a state behind its high-water mark means here (context.ts readState) */
-async function load(topology: string, opts: LiveOpts, behind: BehindMode = opts.acceptRestoredState ? 'resume' : 'refuse'): Promise<Loaded> {
+async function load(topology: string, opts: LiveOpts, deps: LiveDeps, behind: BehindMode = opts.acceptRestoredState ? 'resume' : 'refuse'): Promise<Loaded> {
   const paths = defaultPaths(topology, opts);
   const { net } = await readTopology(topology);
   const topologyText = await fs.readFile(topology, 'utf8');
   const stateText = await fs.readFile(paths.state, 'utf8').catch(() => undefined);
   const { state, fresh, resumed } = await readState(paths, behind, note);
-  return { net, paths, topologyText, stateText, state, fresh, resumed: resumed === true };
+  return { net, paths, topologyText, stateText, state, fresh, resumed: resumed === true, clock: deps.now ?? (() => new Date()) };
 }
 
 /**
  * The lock first, then the state (a run that waited for another must see what that one wrote),
  * then `body`; the lock is released however `body` ends, whatever it throws.
  */
-async function locked<T>(topology: string, opts: LiveOpts, command: string, body: (l: Loaded, lock: Lock) => Promise<T>, behind?: BehindMode): Promise<T> {
+async function locked<T>(topology: string, opts: LiveOpts, deps: LiveDeps, command: string, body: (l: Loaded, lock: Lock) => Promise<T>, behind?: BehindMode): Promise<T> {
   const paths = defaultPaths(topology, opts);
   const lock = await acquireLock(paths.state, command, { breakLock: opts.breakLock === true, note });
   try {
-    return await body(await load(topology, opts, behind), lock);
+    return await body(await load(topology, opts, deps, behind), lock);
   } finally {
     await lock.release();
   }
@@ -114,32 +115,23 @@ function totals(nodes: NodePlan[]): Counts {
 }
 
 // ------------------------------------------------------------------------------------------
-// the plan file
-
-const changeLines = (cs: Change[]) => cs.map(describeChange).sort();
+// the plan file (plan/planfile.ts)
 
 function planFile(l: Loaded, live: LivePlan, now: Date): SavedPlan {
-  return {
-    created: now.toISOString(),
-    topology: { path: l.paths.topology, sha256: sha256(l.topologyText) },
-    stateBefore: { path: l.paths.state, sha256: l.stateText === undefined ? null : sha256(l.stateText) },
+  return makeSavedPlan({
+    topology: { path: l.paths.topology, text: l.topologyText },
+    stateBefore: { path: l.paths.state, text: l.stateText },
     state: live.state,
-    rekeys: live.rekeys.map(describeRekey),
-    summary: totals(live.nodes),
-    nodes: live.nodes.map((n) => ({
-      node: n.node,
-      ...(n.error ? { error: n.error } : {}),
-      ...(n.digest ? { digest: n.digest } : {}),
-      changes: changeLines(n.changes),
-      conflicts: n.conflicts.map((c) => `${c.kind} ${c.key}: ${c.reason}`),
-    })),
-  };
+    rekeys: live.rekeys,
+    nodes: live.nodes,
+    now,
+  });
 }
 
 /** default --max-plan-age: a day; routers drift, and a plan is a decision made at one time */
 export const DEFAULT_MAX_PLAN_AGE_MS = 24 * 3600 * 1000;
 
-async function readPlanFile(file: string, key: Buffer, maxAgeMs: number): Promise<SavedPlan> {
+async function readPlanFile(file: string, key: Buffer, maxAgeMs: number, now: Date): Promise<SavedPlan> {
   let text: string;
   try {
     const st = await fs.stat(file);
@@ -151,7 +143,7 @@ async function readPlanFile(file: string, key: Buffer, maxAgeMs: number): Promis
     throw new UserError(`cannot read plan ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
   try {
-    return openPlan(text, key, { now: new Date(), maxAgeMs });
+    return openPlan(text, key, { now, maxAgeMs });
   } catch (e) {
     if (e instanceof SavedPlanError) throw new UserError(`plan ${file} ${e.message}`);
     throw e;
@@ -174,7 +166,7 @@ async function livePlan(
   base: State,
   mutate?: (s: State, reads: Map<string, NodeRead>) => { state: State; events: string[] },
 ) {
-  const now = new Date().toISOString();
+  const now = l.clock().toISOString();
   const nodes = topologyNodes(l.net);
   const expired = expireRetiring(base, now);
   const rngFor = liveRngFactory(opts.seed);
@@ -216,7 +208,7 @@ function printPlan(l: Loaded, live: LivePlan, events: string[]): void {
 }
 
 export async function planLiveCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
-  const l = await load(topology, opts);
+  const l = await load(topology, opts, deps);
   const keys = await openKeys(l.net, l.state, l.paths);
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
@@ -240,7 +232,7 @@ export async function planLiveCommand(topology: string, opts: LiveOpts, deps: Li
     if (opts.out && unread.length > 0) {
       note(`the plan was not saved to ${opts.out}: it could not read ${unread.join(', ')}, and a saved plan must cover every node (fix them, or take them out of the topology)`);
     } else if (opts.out) {
-      await writeFileAtomic(opts.out, sealPlan(planFile(l, live, new Date()), await planKey(l.paths)), 0o600);
+      await writeFileAtomic(opts.out, sealPlan(planFile(l, live, l.clock()), await planKey(l.paths)), 0o600);
       if (!opts.json) out(`Saved the plan to ${opts.out}; apply exactly it with: onionctl apply ${topology} ${opts.out}\n`);
     } else if (!opts.json) out('State not saved (plan --live is a dry run; use --out FILE and apply FILE to apply exactly this plan).\n');
     if (live.nodes.some((n) => n.error)) return 1;
@@ -311,7 +303,7 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
   for (const cfg of live.configs.values()) for (const s of cfg.states) live_ids.add(keyStoreId(s.key));
   await keys.persist(l.net.keySource === 'random' ? live_ids : undefined);
   // the state (new circuits, new epochs, where each key goes) is saved before the first push
-  await saveStateMarked(l.paths, markInstalled(live.state, live.nodes, new Date().toISOString()));
+  await saveStateMarked(l.paths, markInstalled(live.state, live.nodes, l.clock().toISOString()));
 
   const work = live.nodes.filter((n) => !n.error && n.changes.length > 0).map((n) => n.node);
   const progress = cliProgress(work);
@@ -339,15 +331,15 @@ async function push(l: Loaded, live: LivePlan, reads: Map<string, NodeRead>, key
 }
 
 export async function applyCommand(topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
-  return locked(topology, opts, `apply ${topology}${planPath ? ` ${planPath}` : ''}`, (l, lock) => applyLocked(l, lock, topology, planPath, opts, deps));
+  return locked(topology, opts, deps, `apply ${topology}${planPath ? ` ${planPath}` : ''}`, (l, lock) => applyLocked(l, lock, topology, planPath, opts, deps));
 }
 
 async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: string | undefined, opts: LiveOpts, deps: LiveDeps): Promise<number> {
-  const saved = planPath ? await readPlanFile(planPath, await planKey(l.paths), opts.maxPlanAge !== undefined ? parseDuration(opts.maxPlanAge) : DEFAULT_MAX_PLAN_AGE_MS) : undefined;
+  const saved = planPath ? await readPlanFile(planPath, await planKey(l.paths), opts.maxPlanAge !== undefined ? parseDuration(opts.maxPlanAge) : DEFAULT_MAX_PLAN_AGE_MS, l.clock()) : undefined;
   if (saved) {
-    if (saved.topology.sha256 !== sha256(l.topologyText)) throw new UserError(`the topology ${topology} changed since the plan ${planPath} was made; run plan --live --out again`);
-    const now = l.stateText === undefined ? null : sha256(l.stateText);
-    if (saved.stateBefore.sha256 !== now) throw new UserError(`the state ${l.paths.state} changed since the plan ${planPath} was made (another apply?); run plan --live --out again`);
+    const moved = planInputsMoved(saved, l);
+    if (moved.includes('topology')) throw new UserError(`the topology ${topology} changed since the plan ${planPath} was made; run plan --live --out again`);
+    if (moved.includes('state')) throw new UserError(`the state ${l.paths.state} changed since the plan ${planPath} was made (another apply?); run plan --live --out again`);
     const skipped = saved.nodes.filter((n) => n.error).map((n) => n.node);
     if (skipped.length > 0) throw new UserError(`refusing to apply ${planPath}: it could not read ${skipped.join(', ')} when it was made; a plan that leaves nodes out is not applied (run plan --live --out again)`);
     const hw = await highWater(l.paths);
@@ -382,13 +374,7 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
       live = planAgainst(l.net, saved.state, reads, keys.source, liveRngFactory(undefined));
       // recomputed from the two states, never the file's words
       events = stateDelta(l.fresh ? emptyState(saved.state.salt) : l.state, saved.state).map(describeEvent);
-      const changed: string[] = [];
-      for (const n of saved.nodes) {
-        if (n.error) continue;
-        const now = live.nodes.find((x) => x.node === n.node)!;
-        if (now.error) changed.push(`${n.node} (cannot be read now: ${now.error})`);
-        else if (now.digest !== n.digest || changeLines(now.changes).join('\n') !== n.changes.join('\n')) changed.push(n.node);
-      }
+      const changed = staleNodes(saved, live.nodes);
       if (live.rekeys.length > 0) changed.push(...live.rekeys.map((r) => `SA ${r.sa} (${r.reason})`));
       if (changed.length > 0) {
         throw new UserError(`refusing to apply ${planPath}: since it was made, ${changed.length === 1 ? 'this router changed' : 'these routers changed'}: ${changed.join(', ')}; run plan --live --out again`);
@@ -428,7 +414,7 @@ function sysctlKeysFor(net: Net, state: State, node: string): string[] {
 
 export async function destroyCommand(topology: string, opts: LiveOpts, deps: LiveDeps = {}): Promise<number> {
   // destroy installs no key: a state behind its mark is only reported
-  return locked(topology, opts, `destroy ${topology}`, (l, lock) => destroyLocked(l, lock, topology, opts, deps), 'warn');
+  return locked(topology, opts, deps, `destroy ${topology}`, (l, lock) => destroyLocked(l, lock, topology, opts, deps), 'warn');
 }
 
 async function destroyLocked(l: Loaded, lock: Lock, topology: string, opts: LiveOpts, deps: LiveDeps): Promise<number> {
@@ -446,7 +432,7 @@ async function destroyLocked(l: Loaded, lock: Lock, topology: string, opts: Live
     const planned: NodePlan[] = [...reads.values()].map((r) =>
       r.observed ? { node: r.node, changes: removalChanges(r.observed), conflicts: [] } : { node: r.node, error: r.error ?? 'not read', changes: [], conflicts: [] },
     );
-    const live: LivePlan = { state: l.state, events: [], configs: emptyConfigs(l.net, nodes), nodes: planned, rekeys: [] };
+    const live: LivePlan = { state: l.state, configs: emptyConfigs(l.net, nodes), nodes: planned, rekeys: [] };
     out(notReadText(planned));
     out(formatChanges(planned.filter((n) => !n.error)));
     const t = totals(planned);
@@ -521,7 +507,7 @@ export async function rekeyCommand(topology: string, opts: RekeyOpts, deps: Live
   const chosen = [opts.all, opts.due, (opts.circuit?.length ?? 0) > 0].filter(Boolean).length;
   if (chosen !== 1) throw new UserError('say which SAs to rekey: --circuit NAME (repeatable), --all, or --due');
   const grace = opts.grace ?? 30;
-  return locked(topology, opts, `rekey ${topology}`, (l, lock) => rekeyLocked(l, lock, topology, opts, deps, grace));
+  return locked(topology, opts, deps, `rekey ${topology}`, (l, lock) => rekeyLocked(l, lock, topology, opts, deps, grace));
 }
 
 /** circuits named on the command line: known before any router is contacted */
@@ -548,11 +534,11 @@ async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyO
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
     let picked: { ref: SaRef; why: string }[] = [];
-    const retireUntil = new Date(Date.now() + grace * 1000).toISOString();
+    const retireUntil = new Date(l.clock().getTime() + grace * 1000).toISOString();
     const first = await livePlan(l, opts, sessions, parallel, keys, l.state, (s, reads) => {
       if (opts.all) picked = allSas(s).map(({ ref }) => ({ ref, why: 'rekey --all' }));
       else if (opts.circuit) picked = circuitSas(s, opts.circuit).map((ref) => ({ ref, why: 'rekey --circuit' }));
-      else picked = dueSas(l.net, s, reads);
+      else picked = dueSas(l.net, s, reads, l.clock());
       // one copy of the state, not one per SA (quadratic with rekey --all on a large network)
       const st = structuredClone(s);
       const events: string[] = [];
@@ -582,7 +568,8 @@ async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyO
     const saved = (await readState(l.paths)).state;
     const l2: Loaded = { ...l, state: saved };
     const second = await livePlan(l2, opts, sessions, parallel, keys, saved, (s) => {
-      const e = expireRetiring(s, new Date(Date.now() + 1000).toISOString() > retireUntil ? new Date(Date.now() + 1000).toISOString() : retireUntil);
+      const soon = new Date(l.clock().getTime() + 1000).toISOString();
+      const e = expireRetiring(s, soon > retireUntil ? soon : retireUntil);
       return { state: e.state, events: [`${e.expired} previous key${e.expired === 1 ? '' : 's'} removed`] };
     });
     out('\nRemoving the previous keys:\n');
@@ -594,8 +581,8 @@ async function rekeyLocked(l: Loaded, lock: Lock, topology: string, opts: RekeyO
 }
 
 /** the SAs due for a new key (soft lifetime reached or too old), from the schedule */
-function dueSas(net: Net, s: State, reads: Map<string, NodeRead>): { ref: SaRef; why: string }[] {
-  const sch = scheduleFor(net, s, reads, new Date());
+function dueSas(net: Net, s: State, reads: Map<string, NodeRead>, now: Date): { ref: SaRef; why: string }[] {
+  const sch = scheduleFor(net, s, reads, now);
   for (const u of sch.unknown) note(`${u.label}: usage unknown (${u.unread.join(', ')} not read); left alone`);
   return sch.due.map((d) => ({ ref: d.ref, why: `${d.urgent ? 'urgent: ' : ''}${d.reasons.map(describeReason).join('; ')}` }));
 }
@@ -622,7 +609,7 @@ export function parseDuration(v: string): number {
 export async function rotateCommand(topology: string, opts: RotateOpts, deps: LiveDeps = {}): Promise<number> {
   if ((opts.maxAge === undefined) === !(opts.circuit && opts.circuit.length > 0)) throw new UserError('say which circuits to rotate: --max-age DURATION or --circuit NAME (repeatable)');
   const maxAgeMs = opts.maxAge !== undefined ? parseDuration(opts.maxAge) : undefined;
-  return locked(topology, opts, `rotate ${topology}`, (l, lock) => rotateLocked(l, lock, topology, opts, deps, maxAgeMs));
+  return locked(topology, opts, deps, `rotate ${topology}`, (l, lock) => rotateLocked(l, lock, topology, opts, deps, maxAgeMs));
 }
 
 async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: RotateOpts, deps: LiveDeps, maxAgeMs: number | undefined): Promise<number> {
@@ -631,7 +618,7 @@ async function rotateLocked(l: Loaded, lock: Lock, topology: string, opts: Rotat
   const { sessions, parallel } = await connect(l.net, opts, deps);
   try {
     let names: string[] = [];
-    const now = new Date();
+    const now = l.clock();
     const plan = await livePlan(l, opts, sessions, parallel, keys, l.state, (s) => {
       // --circuit names were checked before connecting (checkCircuitNames); --max-age names come from s
       names = maxAgeMs !== undefined ? scheduleFor(l.net, s, new Map(), now, maxAgeMs / 1000).oldCircuits.map((c) => c.circuit) : opts.circuit!;

@@ -12,7 +12,7 @@ import type { State } from '../state/model.js';
 import { writeFileAtomic } from '../util/files.js';
 import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveHighWater, saveState } from '../store/files.js';
 import { UserError } from '../util/errors.js';
-import { planMacKey } from '../plan/saved.js';
+import { planMacKey } from '../plan/planfile.js';
 import { behindMark, raiseMark, resumeBehind, type HighWater } from '../state/high-water.js';
 
 /** a topology of 10,000 routers is a few MiB */

@@ -237,7 +237,7 @@ describeKernel.each(CASES)('apply and destroy $name in network namespaces', ({ n
     const reads = await read();
     const planned: NodePlan[] = [...reads.values()].map((r) => ({ node: r.node, changes: removalChanges(r.observed!), conflicts: [] }));
     for (const p of planned) expect({ node: p.node, any: p.changes.length > 0, allRemove: p.changes.every((c) => c.op === 'remove') }).toEqual({ node: p.node, any: true, allRemove: true });
-    const live: LivePlan = { state: plan.state, events: [], configs: new Map([...plan.configs].map(([n, c]) => [n, emptyConfig(c)])), nodes: planned, rekeys: [] };
+    const live: LivePlan = { state: plan.state, configs: new Map([...plan.configs].map(([n, c]) => [n, emptyConfig(c)])), nodes: planned, rekeys: [] };
     // destroy marks nothing as installed
     expect(markInstalled(plan.state, planned, 'now')).toEqual(plan.state);
     await push(live, reads, planned);

@@ -18,9 +18,9 @@ export const FLOORS: string[][] = [
   ['model', 'state'],
   ['exit-nat', 'render'],
   ['spd'],
-  ['plan', 'readback'],
+  ['readback'],
   ['diff', 'remote', 'rekey', 'store', 'graph', 'audit'],
-  ['status', 'apply'],
+  ['status', 'apply', 'plan'],
   ['lab'],
   ['cli'],
 ];

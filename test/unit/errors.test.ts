@@ -9,7 +9,7 @@ import { LabError } from '../../src/lab/errors.js';
 import { GuestBootError, UmlNotFoundError } from '../../src/lab/uml.js';
 import { AddrError } from '../../src/net/addr.js';
 import { PathError } from '../../src/pathselect/select.js';
-import { SavedPlanError } from '../../src/plan/saved.js';
+import { SavedPlanError } from '../../src/plan/planfile.js';
 import { ReadbackError } from '../../src/readback/records.js';
 import { TransportError } from '../../src/remote/transport.js';
 import { PlanError } from '../../src/state/reconcile.js';

@@ -15,7 +15,7 @@ import { diffNode, findConflicts } from '../../src/diff/diff.js';
 import { describeChange } from '../../src/diff/summary.js';
 import { KdfKeySource } from '../../src/keys/kdf.js';
 import { computePlan } from '../../src/plan/plan.js';
-import { openPlan, planMacKey, SavedPlanError } from '../../src/plan/saved.js';
+import { openPlan, planMacKey, SavedPlanError } from '../../src/plan/planfile.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { observeNode } from '../../src/readback/observed.js';
 import { ReadbackError } from '../../src/readback/records.js';

@@ -8,7 +8,9 @@ import { describe, expect, jest, test } from '@jest/globals';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { planMacKey, openPlan, sealPlan, SavedPlanError, stateDelta, SAVED_PLAN_FORMAT, type SavedPlan } from '../../src/plan/saved.js';
+import { makeSavedPlan, planInputsMoved, planMacKey, openPlan, sealPlan, SavedPlanError, staleNodes, stateDelta, SAVED_PLAN_FORMAT, type PlannedNode, type SavedPlan } from '../../src/plan/planfile.js';
+import { diffNode } from '../../src/diff/diff.js';
+import type { ObservedNode } from '../../src/readback/observed.js';
 import { computePlan } from '../../src/plan/plan.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { emptyState, type State } from '../../src/state/model.js';
@@ -34,7 +36,7 @@ function planOf(state: State, created = NOW): SavedPlan {
     state,
     rekeys: [],
     summary: { add: 1, change: 0, destroy: 0 },
-    nodes: [{ node: 'or1', digest: '0123456789abcdef', changes: ['+ state esp x'], conflicts: [] }],
+    nodes: [{ node: 'or1', digest: '0123456789abcdef', changes: [{ op: 'add', kind: 'state', key: 'esp 198.51.100.12 spi 0x4f000000', phase: 'SAs' }], conflicts: [] }],
   };
 }
 const opened = (text: string, o: { now?: Date; maxAgeMs?: number; key?: Buffer } = {}) => openPlan(text, o.key ?? key, { now: o.now ?? NOW, maxAgeMs: o.maxAgeMs ?? DAY });
@@ -87,12 +89,63 @@ describe('sealing and opening', () => {
     expect(opened(sealPlan(p, key), { now: new Date(NOW.getTime() + DAY - 1000) })).toEqual(p);
     expect(why(() => opened(sealPlan(planOf(planned(), new Date(NOW.getTime() + 3600_000)), key)))).toMatch(/made in the future/);
     expect(why(() => opened(JSON.stringify({ format: 'onionctl-plan/v1', created: NOW.toISOString() })))).toMatch(/not a plan written by/);
-    expect(why(() => opened(JSON.stringify({ format: 'onionctl-plan/v1', mac: '', plan: {} })))).toMatch(/older onionctl, without authentication/);
+    expect(why(() => opened(JSON.stringify({ format: 'onionctl-plan/v1', mac: '', plan: {} })))).toMatch(/older onionctl \(format onionctl-plan\/v1, without authentication\)/);
+    // v2 stored changes as display lines: its MAC may be good, it is still refused by format
+    expect(why(() => opened(JSON.stringify({ format: 'onionctl-saved-plan/v2', mac: 'ab'.repeat(32), plan: {} })))).toMatch(/older onionctl \(format onionctl-saved-plan\/v2\); make a new one/);
     expect(why(() => opened('{"format"'))).toMatch(/not JSON/);
     expect(why(() => opened(JSON.stringify({ format: SAVED_PLAN_FORMAT, mac: 'zz', plan: {} })))).toMatch(/not authentic/);
     // authentic but not a plan (sealed by a bug, or by whoever holds the secret): the schema still holds
     const body = { ...p, state: { ...p.state, serial: -1 } } as unknown as SavedPlan;
     expect(why(() => opened(sealPlan(body, key)))).toMatch(/is damaged at state\.serial/);
+  });
+});
+
+describe('making a saved plan and checking it against the routers again (plan/planfile.ts)', () => {
+  const state = planned();
+  const configs = computePlan({ net: three, state, rngFor: rngFactory('saved'), now: NOW.toISOString() }).configs;
+  const or1 = configs.get('or1')!;
+  const empty = (node: string): ObservedNode => ({ node, states: { owned: [], foreign: [] }, policies: { owned: [], foreign: [] }, routes: { owned: [], foreign: [] }, addresses: { owned: [], foreign: [] }, sysctls: {} });
+  const nodePlan = (observed: ObservedNode, digest = 'd1') => ({ node: observed.node, digest, changes: diffNode(or1, observed), conflicts: [] });
+  const make = (nodes: PlannedNode[]) =>
+    makeSavedPlan({ topology: { path: 't.yaml', text: 'topology text' }, stateBefore: { path: 't.state.json', text: undefined }, state, rekeys: [], nodes, now: NOW });
+
+  test('changes are stored typed, in apply order, with counts; the hashes are of the two inputs', () => {
+    const p = make([nodePlan(empty('or1'))]);
+    const changes = p.nodes[0]!.changes;
+    expect(changes.length).toBeGreaterThan(5);
+    // an empty router: everything is added but the sysctls, which are changed from unset
+    expect(changes.filter((c) => c.op !== 'add').map((c) => [c.op, c.kind])).toEqual(changes.filter((c) => c.kind === 'sysctl').map(() => ['replace', 'sysctl']));
+    expect(changes.find((c) => c.kind === 'sysctl')!.fields![0]).toMatchObject({ field: 'value', from: 'unset' });
+    expect(changes.map((c) => c.kind)).toContain('state');
+    // apply order: the fail-closed blocks before the SAs, the SAs before the policies that use them
+    const at = (phase: string) => changes.findIndex((c) => c.phase === phase);
+    expect(at('fail closed')).toBeLessThan(at('SAs'));
+    expect(at('SAs')).toBeLessThan(at('policies'));
+    const sysctls = changes.filter((c) => c.kind === 'sysctl').length;
+    expect(p.summary).toEqual({ add: changes.length - sysctls, change: sysctls, destroy: 0 });
+    expect(p.topology.sha256).toBe(createHash('sha256').update('topology text').digest('hex'));
+    expect(p.stateBefore.sha256).toBeNull();
+    expect(p.created).toBe(NOW.toISOString());
+    // it is what sealing and opening round-trips (the schema accepts every change it writes)
+    expect(opened(sealPlan(p, key))).toEqual(p);
+  });
+
+  test('planInputsMoved: the topology or the state file edited since', () => {
+    const p = make([]);
+    expect(planInputsMoved(p, { topologyText: 'topology text', stateText: undefined })).toEqual([]);
+    expect(planInputsMoved(p, { topologyText: 'topology text ', stateText: undefined })).toEqual(['topology']);
+    expect(planInputsMoved(p, { topologyText: 'topology text', stateText: '{}' })).toEqual(['state']);
+  });
+
+  test('staleNodes: the same read-back is not stale; another digest, other changes or an unreadable router is', () => {
+    const p = make([nodePlan(empty('or1'))]);
+    expect(staleNodes(p, [nodePlan(empty('or1'))])).toEqual([]);
+    expect(staleNodes(p, [nodePlan(empty('or1'), 'd2')])).toEqual(['or1']);
+    // the router now holds the planned SAs: fewer changes, same digest (a digest collision would not hide it)
+    const some = { ...empty('or1'), states: undefined };
+    expect(staleNodes(p, [nodePlan(some)])).toEqual(['or1']);
+    expect(staleNodes(p, [{ node: 'or1', error: 'unreachable', changes: [], conflicts: [] }])).toEqual(['or1 (cannot be read now: unreachable)']);
+    expect(staleNodes(p, [])).toEqual(['or1 (not planned now)']);
   });
 });
 
