@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import type { KeySource, SaKeyId } from '../keys/kdf.js';
 import type { NodeConfig } from '../model/config.js';
 import type { Change, Conflict } from '../diff/diff.js';
-import { addressKey, chainKey, diffNode, findConflicts, policyKey, routeKey, stateKey } from '../diff/diff.js';
+import { diffNode, findConflicts } from '../diff/diff.js';
 import { countChanges, type Counts } from '../diff/summary.js';
 import type { ObservedNode } from '../readback/observed.js';
 import { buildConfigs } from '../spd/build.js';
@@ -197,24 +197,6 @@ export function planAgainst(net: Net, state: State, reads: Map<string, NodeRead>
     }
     s = next;
   }
-}
-
-/** Every onionctl object a node holds, removed (destroy). Sysctls are left as they are. */
-export function removalChanges(o: ObservedNode): Change[] {
-  const out: Change[] = [];
-  for (const s of o.states?.owned ?? []) out.push({ op: 'remove', kind: 'state', key: stateKey(s.dst, s.proto, s.spi), observed: s });
-  for (const p of o.policies?.owned ?? []) out.push({ op: 'remove', kind: 'policy', key: policyKey(p), observed: p });
-  for (const r of o.routes?.owned ?? []) out.push({ op: 'remove', kind: 'route', key: routeKey(r.table, r.dst, r.metric), observed: r });
-  for (const a of o.addresses?.owned ?? []) out.push({ op: 'remove', kind: 'address', key: addressKey(a.addr, a.dev), observed: a });
-  for (const fw of [o.iptables?.owned, o.nft?.owned]) {
-    if (!fw) continue;
-    for (const c of fw.chains) out.push({ op: 'remove', kind: 'chain', key: chainKey(c), observed: c });
-    for (const r of fw.rules) {
-      const rule = { backend: r.backend, table: r.table, chain: r.chain, text: r.text, ...(r.snat ? { snat: r.snat } : {}), ...(r.filter ? { filter: r.filter } : {}) };
-      out.push({ op: 'remove', kind: r.snat ? 'snat' : 'filter', key: `${chainKey(r)} ${r.text}`, observed: rule });
-    }
-  }
-  return out;
 }
 
 /**

@@ -3,8 +3,9 @@
  * signals, terminal).
  */
 import { promises as fs } from 'node:fs';
-import { describeRekey, interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, sysctlKeys, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
+import { describeRekey, interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, sysctlKeys, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
 import { acquireLock, type Lock } from '../apply/lock.js';
+import { removalChanges } from '../diff/diff.js';
 import { changeJson, countChanges, countsLine, formatChanges, type Counts } from '../diff/summary.js';
 import { PROFILES } from '../keys/profiles.js';
 import { liveRngFactory, rngFactory } from '../pathselect/rng.js';

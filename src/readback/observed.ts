@@ -192,7 +192,8 @@ export interface OwnershipContext {
 
 const inRange = (n: number, lo: number, hi: number) => n >= lo && n <= hi;
 
-function ipv4(text: string | undefined): number | undefined {
+/** An IPv4 address as the tools print it; undefined if it is not one. */
+export function recordIPv4(text: string | undefined): number | undefined {
   if (text === undefined) return undefined;
   try {
     return parseIPv4(text);
@@ -201,7 +202,8 @@ function ipv4(text: string | undefined): number | undefined {
   }
 }
 
-function cidr(text: string): Cidr | undefined {
+/** A prefix as the tools print it ("default", "203.0.113.80", "100.64.0.0/10"); undefined if not IPv4. */
+export function recordCidr(text: string): Cidr | undefined {
   try {
     if (text === 'default') return { base: 0, len: 0 };
     return parseCidr(text.includes('/') ? text : `${text}/32`);
@@ -217,8 +219,8 @@ export function isOwnedState(r: XfrmStateRecord): boolean {
 }
 
 function toState(r: XfrmStateRecord): ObservedState | undefined {
-  const src = ipv4(r.src);
-  const dst = ipv4(r.dst);
+  const src = recordIPv4(r.src);
+  const dst = recordIPv4(r.dst);
   if (src === undefined || dst === undefined) return undefined;
   const wild = !r.sel || (r.sel.src === '0.0.0.0/0' && r.sel.dst === '0.0.0.0/0' && r.sel.extra.length === 0);
   return {
@@ -254,13 +256,13 @@ export function isOwnedPolicy(r: XfrmPolicyRecord): boolean {
 }
 
 function toPolicy(r: XfrmPolicyRecord): ObservedPolicy | undefined {
-  const src = cidr(r.src);
-  const dst = cidr(r.dst);
+  const src = recordCidr(r.src);
+  const dst = recordCidr(r.dst);
   if (!src || !dst) return undefined;
   const tmpls: ObservedTmpl[] = [];
   for (const t of r.tmpls) {
-    const ts = ipv4(t.src);
-    const td = ipv4(t.dst);
+    const ts = recordIPv4(t.src);
+    const td = recordIPv4(t.dst);
     if (ts === undefined || td === undefined) return undefined;
     tmpls.push({ src: ts, dst: td, proto: t.proto, reqid: t.reqid, mode: t.mode, level: t.level });
   }
@@ -285,10 +287,10 @@ export function isOwnedRoute(r: RouteRecord): boolean {
 }
 
 function toRoute(r: RouteRecord): ObservedRoute | undefined {
-  const dst = cidr(r.dst);
+  const dst = recordCidr(r.dst);
   if (!dst) return undefined;
-  const via = ipv4(r.via);
-  const src = ipv4(r.src);
+  const via = recordIPv4(r.via);
+  const src = recordIPv4(r.src);
   return {
     dst,
     table: r.table,
@@ -309,7 +311,7 @@ function toRoute(r: RouteRecord): ObservedRoute | undefined {
 }
 
 export function isOwnedAddress(r: AddressRecord, ctx: OwnershipContext): boolean {
-  const a = r.family === 4 ? ipv4(r.addr) : undefined;
+  const a = r.family === 4 ? recordIPv4(r.addr) : undefined;
   return a !== undefined && r.len === 32 && r.dev === (ctx.addressDev ?? 'lo') && ctx.pools.some((p) => cidrContainsAddr(p, a));
 }
 

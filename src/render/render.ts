@@ -132,26 +132,31 @@ export function renderIp(cfg: NodeConfig, o: RenderOptions): string {
 
 const quote = (s: string) => `"${s.replace(/["\\]/g, '')}"`;
 
-function portsIptables(ports: (number | string)[]): string[] {
-  const items = ports.map((p) => String(p).replace('-', ':'));
-  const out: string[] = [];
-  // multiport takes at most 15 ports (a range counts as two)
-  let cur: string[] = [];
+/**
+ * A filter rule as iptables can hold it: multiport takes at most 15 ports (a range counts as two),
+ * so a longer port list becomes several rules, each with a slice of the list. The diff keys the
+ * desired rules by these units, so that it compares what a router can hold.
+ */
+export function iptablesUnits(r: FilterRule): FilterRule[] {
+  if (!r.ports || (r.proto !== 'tcp' && r.proto !== 'udp')) return [r];
+  const out: FilterRule[] = [];
+  let cur: (number | string)[] = [];
   let weight = 0;
-  for (const it of items) {
-    const w = it.includes(':') ? 2 : 1;
+  for (const p of r.ports) {
+    const w = String(p).includes('-') || String(p).includes(':') ? 2 : 1;
     if (weight + w > 15) {
-      out.push(cur.join(','));
+      out.push({ ...r, ports: cur });
       cur = [];
       weight = 0;
     }
-    cur.push(it);
+    cur.push(p);
     weight += w;
   }
-  if (cur.length > 0) out.push(cur.join(','));
+  if (cur.length > 0) out.push({ ...r, ports: cur });
   return out;
 }
 
+/** The iptables-restore lines of one filter rule: one per unit (iptablesUnits). */
 export function iptablesRule(chain: string, r: FilterRule): string[] {
   const base = [`-A ${chain}`];
   if (r.src.len > 0) base.push(`-s ${formatCidr(r.src)}`);
@@ -160,7 +165,7 @@ export function iptablesRule(chain: string, r: FilterRule): string[] {
   if (r.established) base.push('-m conntrack --ctstate ESTABLISHED,RELATED');
   const tail = `-m comment --comment ${quote(r.comment)} -j ${r.action === 'accept' ? 'ACCEPT' : 'DROP'}`;
   if (r.ports && (r.proto === 'tcp' || r.proto === 'udp')) {
-    return portsIptables(r.ports).map((p) => `${base.join(' ')} -m multiport --dports ${p} ${tail}`);
+    return iptablesUnits(r).map((u) => `${base.join(' ')} -m multiport --dports ${u.ports!.map((p) => String(p).replace('-', ':')).join(',')} ${tail}`);
   }
   return [`${base.join(' ')} ${tail}`];
 }

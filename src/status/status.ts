@@ -19,7 +19,7 @@
  * else `degraded` on any warning, else `ok`. Overall health is `down` when a circuit is down or
  * unknown or a node could not be read, `degraded` on any other warning or problem, else `ok`.
  */
-import { policyKey } from '../diff/diff.js';
+import { POLICY } from '../diff/kinds.js';
 import type { NodeConfig, XfrmPolicy, XfrmState } from '../model/config.js';
 import { parseSaId, type SaId } from '../keys/sa-id.js';
 import { formatIPv4 } from '../net/addr.js';
@@ -405,10 +405,10 @@ function checkPolicies(input: StatusInput, circuit: string, node: string): { che
   const owned = r?.ok ? r.sample.observed.policies?.owned : undefined;
   if (!owned) return { check, findings };
   const byKey = new Map<string, ObservedPolicy>();
-  for (const o of owned) byKey.set(policyKey(o), o);
+  for (const o of owned) byKey.set(POLICY.observedKey(o), o);
   let present = 0;
   for (const p of planned) {
-    const k = policyKey(p);
+    const k = POLICY.desiredKey(p);
     const o = byKey.get(k);
     const block = p.action === 'block';
     if (!o) {

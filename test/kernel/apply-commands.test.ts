@@ -17,8 +17,8 @@
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
 import { STAGES } from '../../src/apply/commands.js';
-import { interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, removalChanges, silentProgress, sysctlKeys, type LivePlan, type NodePlan, type NodeRead } from '../../src/apply/engine.js';
-import { formatChanges } from '../../src/diff/index.js';
+import { interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, silentProgress, sysctlKeys, type LivePlan, type NodePlan, type NodeRead } from '../../src/apply/engine.js';
+import { formatChanges, removalChanges } from '../../src/diff/index.js';
 import { KdfKeySource } from '../../src/keys/kdf.js';
 import { formatIPv4 } from '../../src/net/addr.js';
 import { rngFactory } from '../../src/pathselect/rng.js';

@@ -11,9 +11,9 @@
  *   - a `replace` of a state is refused; no key ever in an argv.
  */
 import { beforeAll, describe, expect, test } from '@jest/globals';
-import { interfaceAddresses, removalChanges } from '../../src/apply/engine.js';
+import { interfaceAddresses } from '../../src/apply/engine.js';
 import { ownAddresses, STAGES, stageSteps, type Stage, type Step } from '../../src/apply/commands.js';
-import { diffNode, type Change } from '../../src/diff/index.js';
+import { diffNode, removalChanges, type Change } from '../../src/diff/index.js';
 import { KdfKeySource, type KeySource } from '../../src/keys/kdf.js';
 import { PROFILES } from '../../src/keys/profiles.js';
 import type { NodeConfig } from '../../src/model/config.js';

@@ -16,6 +16,8 @@ import { limitWords, policyLine, renderIptables, renderNft, renderNode, stateLin
 import { emptyState } from '../../src/state/model.js';
 import type { Net } from '../../src/topology/net.js';
 import { loadTemplates } from '../../src/store/files.js';
+import { desiredFirewall, diffNode } from '../../src/diff/diff.js';
+import { observeNode } from '../../src/readback/observed.js';
 import { K2_YAML, K4_YAML, examplePath, exampleNet, netFromYaml } from '../helpers/net.js';
 
 const SALT = '3c'.repeat(32);
@@ -232,6 +234,19 @@ describe('iptables rendering', () => {
       seen.push(...list);
     }
     expect(seen).toEqual(ports.map((x) => String(x).replace('-', ':')));
+  });
+
+  test('the diff keys such a rule by the same units (split in model terms, not rendered and parsed back): read back, nothing to change', () => {
+    const ports = [...Array.from({ length: 14 }, (_, i) => 1000 + i), '2000-2100', 3000, 3001];
+    const yaml = readFileSync(examplePath('three-mixes.yaml'), 'utf8').replace('ports: [80, 443]', `ports: [${ports.map((x) => (typeof x === 'string' ? `"${x}"` : x)).join(', ')}]`);
+    const cfg = planOf(netFromYaml(yaml)).configs.get('or3')!;
+    const text = renderIptables(cfg, { templates, version: 'x' });
+    const units = desiredFirewall(cfg).rules.filter((r) => r.filter?.ports);
+    expect(units.map((u) => u.text)).toEqual(text.split('\n').filter((l) => l.includes('--dports')));
+    expect(units.flatMap((u) => u.filter!.ports!)).toEqual(ports);
+    // what iptables-save would print of that file (the same rules; render's header comments left out)
+    const observed = observeNode('or3', { iptablesSave: text.split('\n').filter((l) => !l.startsWith('#')).join('\n') }, { pools: [] });
+    expect(diffNode(cfg, observed)).toEqual([]);
   });
 });
 
