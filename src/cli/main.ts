@@ -16,6 +16,9 @@ import { addSshOptions } from './ssh-options.js';
 // Subcommands beyond validate/plan load their modules when they run: start-up stays quick and a
 // problem in one subcommand's module cannot break the others.
 
+/** every command that reads a state file takes it the same way */
+const STATE_OPTION = ['--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)'] as const;
+
 function seedArg(v: string): string {
   if (!/^[0-9A-Za-z_.:-]{1,64}$/.test(v)) throw new InvalidArgumentError('a seed is 1-64 characters of letters, digits and _.:-');
   return v;
@@ -43,7 +46,7 @@ export function buildProgram(): Command {
     .command('plan')
     .description('choose circuits (kept in the state file) and compute every router\'s configuration')
     .argument('<topology>', 'topology YAML file')
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret; created 0600 on first use)')
     .option('--seed <seed>', 'make path selection reproducible (default: the CSPRNG)', seedArg)
     .option('--out-dir <dir>', 'write per-router files (NAME.ip, NAME.iptables or NAME.nft, NAME.sysctl)')
@@ -69,7 +72,7 @@ export function buildProgram(): Command {
     .description('read every router over SSH, then push only the changes (new SAs before the policies that use them, old policies out before their SAs); with PLAN, apply exactly that saved plan')
     .argument('<topology>', 'topology YAML file')
     .argument('[plan]', 'a plan saved with plan --live --out; refused if a router changed since')
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
     .option('--max-plan-age <duration>', 'with PLAN: refuse a plan older than this (90s, 10m, 2h, 1d; default 1d)')
@@ -91,7 +94,7 @@ export function buildProgram(): Command {
       if (!/^[0-9]+$/.test(v) || Number(v) > 86_400) throw new InvalidArgumentError('seconds, 0 to 86400');
       return Number(v);
     }, 30)
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
     .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key')
@@ -106,7 +109,7 @@ export function buildProgram(): Command {
     .argument('<topology>', 'topology YAML file')
     .option('--max-age <duration>', 'rotate circuits whose path is at least this old (90s, 10m, 2h, 1d)')
     .option('--circuit <name>', 'rotate this circuit (repeatable)', collect)
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--seed <seed>', 'reproducible path selection', seedArg)
     .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key')
@@ -119,7 +122,7 @@ export function buildProgram(): Command {
     .command('destroy')
     .description('remove everything onionctl installed on every router (and nothing else); sysctls are left as they are')
     .argument('<topology>', 'topology YAML file')
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
     .option('--break-lock', 'take the state lock even though another run holds it');
   addSshOptions(destroy).action(async (topology: string, opts: LiveOpts) => {
@@ -130,7 +133,7 @@ export function buildProgram(): Command {
     .command('status')
     .description('read every router over SSH: each circuit\'s path, per SA its packet, byte and error counters, /proc/net/xfrm_stat problems, and a health verdict (exit 1 when a circuit is down or a router unreachable); never writes the state')
     .argument('<topology>', 'topology YAML file')
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--secret <file>', 'accepted like apply\'s; status needs no keys and never opens it')
     .option('--seed <seed>', 'accepted like plan\'s; status never chooses paths', seedArg)
     .option('--interval <seconds>', 'read twice, this many seconds apart: show what the counters did in between, and warn only on error counters that rose', (v: string) => {
@@ -199,7 +202,7 @@ export function buildProgram(): Command {
     .command('audit')
     .description('who sees which addresses on every wire and router, per circuit; checks the anonymity invariants (exit 1 on a violation); never writes the state')
     .argument('<topology>', 'topology YAML file')
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--seed <seed>', 'path selection for circuits the state lacks, as for plan', seedArg)
     .option('--json', 'print the audit as JSON')
     .option('--compromised <ops>', 'adversary view: comma-separated operators assumed compromised', operatorListArg)
@@ -212,7 +215,7 @@ export function buildProgram(): Command {
     .command('graph')
     .description('draw the overlay and the circuits: routers coloured by operator, circuits as coloured paths; never writes the state')
     .argument('<topology>', 'topology YAML file')
-    .option('--state <file>', 'state file (default: TOPOLOGY.state.json beside the topology)')
+    .option(...STATE_OPTION)
     .option('--seed <seed>', 'path selection for circuits the state lacks, as for plan', seedArg)
     .requiredOption('--format <format>', 'dot, mermaid, svg or png (svg and png need Graphviz `dot`)', formatArg)
     .option('--out <file>', 'write to this file instead of standard output')

@@ -1,8 +1,10 @@
 /**
- * The desired configuration of one router or client: the value the planner produces, the
- * renderers print and (later) the read-back parsers produce from a live router, so that one diff
- * compares like with like. Addresses are uint32 / Cidr; no key material lives here: an SA refers
- * to its key by identity (SaKeyId) and the key source is consulted only when rendering.
+ * The desired configuration of one router or client: the value the planner produces and the
+ * renderers print. What a router holds is read back into the observed counterparts of these
+ * types (readback/observed.ts: the same fields in the same units, plus what only a kernel can
+ * report), and diff/kinds.ts declares once, per kind, how the two are keyed and compared.
+ * Addresses are uint32 / Cidr; no key material lives here: an SA refers to its key by identity
+ * (SaKeyId) and the key source is consulted only when rendering.
  */
 import type { Cidr } from '../net/addr.js';
 import type { SaKeyId } from '../keys/kdf.js';

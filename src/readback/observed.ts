@@ -15,7 +15,7 @@
  */
 import type { SaLifetime } from '../keys/lifetimes.js';
 import { cidrContainsAddr, parseCidr, parseIPv4, type Cidr } from '../net/addr.js';
-import { PRIORITY_BAND, ROUTE_PROTO, type FilterRule, type SnatRule } from '../model/config.js';
+import { PRIORITY_BAND, ROUTE_PROTO, type FilterRule, type PolicyDir, type SnatRule } from '../model/config.js';
 import { IPT_CHAIN_FORWARD, IPT_CHAIN_POSTROUTING, NFT_TABLE, OWNER_COMMENT } from '../render/render.js';
 import { REQID_BASE, REQID_LAST, SPI_BASE, SPI_LAST } from '../state/model.js';
 import type { CryptoProfileName } from '../topology/schema.js';
@@ -77,7 +77,7 @@ export interface ObservedPolicy {
   dst: Cidr;
   proto?: string;
   selExtra: string[];
-  dir: string;
+  dir: PolicyDir;
   priority: number;
   action: 'allow' | 'block';
   tmpls: ObservedTmpl[];
@@ -255,10 +255,12 @@ export function isOwnedPolicy(r: XfrmPolicyRecord): boolean {
   return r.family === 4 && !r.socket && r.ptype === 'main' && inRange(r.priority, PRIORITY_BAND[0], PRIORITY_BAND[1]);
 }
 
+const POLICY_DIRS: readonly string[] = ['in', 'out', 'fwd'] satisfies PolicyDir[];
+
 function toPolicy(r: XfrmPolicyRecord): ObservedPolicy | undefined {
   const src = recordCidr(r.src);
   const dst = recordCidr(r.dst);
-  if (!src || !dst) return undefined;
+  if (!src || !dst || !POLICY_DIRS.includes(r.dir)) return undefined;
   const tmpls: ObservedTmpl[] = [];
   for (const t of r.tmpls) {
     const ts = recordIPv4(t.src);
@@ -271,7 +273,7 @@ function toPolicy(r: XfrmPolicyRecord): ObservedPolicy | undefined {
     dst,
     ...(r.proto !== undefined ? { proto: r.proto } : {}),
     selExtra: r.selExtra,
-    dir: r.dir,
+    dir: r.dir as PolicyDir,
     priority: r.priority,
     action: r.action,
     tmpls,
