@@ -16,7 +16,8 @@
  *                ends, with a layer for every hop still ahead (forward) or behind (replies);
  *  - delivery:   the planned policies carry a packet to the destination and the reply back.
  */
-import { formatDest, formatIPv4, parseCidr, parseIPv4 } from '../net/addr.js';
+import { cidrContains, formatDest, formatIPv4, parseCidr, parseIPv4 } from '../net/addr.js';
+import { droppedTraffic, trafficText } from '../topology/exit-policy.js';
 import type { NodeConfig } from '../model/config.js';
 import { PathSpace, constraintsFor } from '../pathselect/select.js';
 import { buildConfigs } from '../spd/build.js';
@@ -84,13 +85,42 @@ export interface PartyView {
   names: string[];
 }
 
+/** Traffic a circuit's exit would drop, by its allow list (the exit's firewall drops the rest). */
+export interface ExitDrop {
+  circuit: string;
+  exit: string;
+  destination: string;
+  /** what the circuit says it carries ("udp 53"), or "unstated" (then all traffic is assumed) */
+  traffic: string;
+  /** what the exit drops of it: "udp, other protocols", "tcp 1-79,81-442,444-65535" */
+  drops: string;
+}
+
 export interface AuditResult {
   format: 'onionctl-audit/v1';
   circuits: CircuitSummary[];
   table: ObservationTable;
   views: PartyView[];
   invariants: InvariantResult[];
+  /** per circuit and destination, what its exit would drop; a circuit that states its traffic and loses some of it also fails the path invariant */
+  exitDrops: ExitDrop[];
   ok: boolean;
+}
+
+function exitDropsOf(net: Net, state: State): ExitDrop[] {
+  const out: ExitDrop[] = [];
+  for (const def of net.circuits) {
+    const c = state.circuits[def.name];
+    const exit = c ? net.routers.get(c.hops[c.hops.length - 1]!) : undefined;
+    if (!exit?.exit) continue;
+    const traffic = def.traffic ?? { proto: 'any' as const };
+    for (const d of def.to) {
+      if (!exit.exit.allow.some((a) => cidrContains(a.to, d))) continue; // not this exit's destination at all: the path invariant says so
+      const drops = droppedTraffic(exit.exit.allow, d, traffic);
+      if (drops) out.push({ circuit: def.name, exit: exit.name, destination: formatDest(d), traffic: def.traffic ? trafficText(def.traffic) : 'unstated', drops });
+    }
+  }
+  return out;
 }
 
 function structural(net: Net, state: State, c: CircuitState | undefined): string[] {
@@ -322,7 +352,7 @@ export function auditState(net: Net, state: State, configs?: Map<string, NodeCon
     const vs = unique.filter((v) => v.invariant === name);
     return { name, description, ok: vs.length === 0, violations: vs };
   });
-  return { format: 'onionctl-audit/v1', circuits, table, views, invariants, ok: invariants.every((i) => i.ok) };
+  return { format: 'onionctl-audit/v1', circuits, table, views, invariants, exitDrops: exitDropsOf(net, state), ok: invariants.every((i) => i.ok) };
 }
 
 /** "wire:alice~or1" -> "wire alice~or1"; "outside:or3" -> "outside link of or3"; "server:X" -> "destination X" */

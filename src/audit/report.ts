@@ -95,6 +95,16 @@ export function formatAudit(a: AuditResult, net: Net, ctx: AuditTextContext, sto
   out.push(formatAggregates(a, net, ''));
   out.push('Invariants:');
   out.push(formatInvariants(a).trimEnd());
+  if (a.exitDrops.length > 0) {
+    out.push('', 'Exit policies (what a circuit\'s exit lets out of its traffic; the exit drops the rest):');
+    for (const x of a.exitDrops) {
+      out.push(
+        x.traffic === 'unstated'
+          ? `  circuit ${x.circuit} to ${x.destination}: states no proto/ports; its exit ${x.exit} drops ${x.drops} (give the circuit proto/ports so that only an exit that lets them out is chosen)`
+          : `  circuit ${x.circuit} to ${x.destination} carries ${x.traffic}; its exit ${x.exit} drops ${x.drops}`,
+      );
+    }
+  }
   if (stored) {
     out.push('', 'The stored state differs from the plan; its own invariants (what routers configured from it have):');
     for (const c of stored.circuits) out.push(`  ${c.name}: ${circuitLine(c)}`);
@@ -121,6 +131,7 @@ export function auditJson(a: AuditResult, ctx: AuditTextContext, stored?: AuditR
     routers: r.table.routers,
     views: r.views,
     invariants: r.invariants,
+    exitDrops: r.exitDrops,
     walkErrors: r.table.errors,
   });
   return {

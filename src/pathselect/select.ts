@@ -11,8 +11,9 @@
  * Sampling is exact: count the eligible paths (depth-first, k <= 4 keeps this small for overlay
  * degrees seen in practice), draw r uniformly in [0, count), and walk to the r-th path.
  */
-import { cidrContains, slash16, type Cidr } from '../net/addr.js';
-import type { CircuitDef, Net, RouterNode } from '../topology/net.js';
+import { slash16, type Cidr } from '../net/addr.js';
+import type { CircuitDef, Net, RouterNode, Traffic } from '../topology/net.js';
+import { allowAdmits, droppedTraffic, trafficText } from '../topology/exit-policy.js';
 import type { Rng } from './rng.js';
 import { OnionctlError } from '../util/errors.js';
 
@@ -20,6 +21,8 @@ export interface Constraints {
   k: number;
   entries: string[];
   to: Cidr[];
+  /** what the circuit carries, when it says: the exit must let all of it out */
+  traffic?: Traffic;
   operators: boolean;
   countries: boolean;
   subnets16: boolean;
@@ -30,15 +33,15 @@ export function constraintsFor(net: Net, c: CircuitDef): Constraints {
     k: c.hops,
     entries: net.clients.get(c.client)?.entry ?? [],
     to: c.to,
+    ...(c.traffic ? { traffic: c.traffic } : {}),
     operators: true,
     countries: c.distinctCountries,
     subnets16: c.distinct16,
   };
 }
 
-export function exitAdmits(r: RouterNode, to: readonly Cidr[]): boolean {
-  if (!r.exit) return false;
-  return to.every((d) => r.exit!.allow.some((a) => cidrContains(a.to, d)));
+export function exitAdmits(r: RouterNode, to: readonly Cidr[], traffic?: Traffic): boolean {
+  return r.exit !== undefined && allowAdmits(r.exit.allow, to, traffic);
 }
 
 /**
@@ -74,7 +77,7 @@ export class PathSpace {
     let ok = this.exitMemo.get(name);
     if (ok === undefined) {
       const r = this.net.routers.get(name);
-      ok = r !== undefined && exitAdmits(r, this.c.to);
+      ok = r !== undefined && exitAdmits(r, this.c.to, this.c.traffic);
       this.exitMemo.set(name, ok);
     }
     return ok;
@@ -186,7 +189,16 @@ export class PathSpace {
       if (!this.fits(w, r)) return `hop ${r.name} breaks a distinctness constraint`;
       this.push(w, r);
     }
-    if (!this.exitOk(path[path.length - 1]!)) return `exit ${path[path.length - 1]} no longer admits the circuit's destinations`;
+    const last = path[path.length - 1]!;
+    if (!this.exitOk(last)) {
+      const r = this.net.routers.get(last);
+      const t = this.c.traffic;
+      if (r?.exit && t && exitAdmits(r, this.c.to)) {
+        const drops = this.c.to.map((d) => droppedTraffic(r.exit!.allow, d, t)).filter(Boolean);
+        return `exit ${last} would drop the circuit's traffic (${trafficText(t)}): its allow list does not let out ${drops[0]}`;
+      }
+      return `exit ${last} no longer admits the circuit's destinations`;
+    }
     return undefined;
   }
 }
@@ -211,9 +223,17 @@ export function diagnose(net: Net, c: CircuitDef): PathError | undefined {
   // the common case first: a path under all constraints means none of the steps below can fail
   // (each relaxes the full set), and this skips their scan over every router for the exits
   if (new PathSpace(net, full).count(1) > 0) return undefined;
-  const exits = [...net.routers.values()].filter((r) => exitAdmits(r, c.to));
+  const exits = [...net.routers.values()].filter((r) => exitAdmits(r, c.to, c.traffic));
   if (exits.length === 0) {
     const all = [...net.routers.values()].filter((r) => r.exit).map((r) => r.name);
+    const forDests = [...net.routers.values()].filter((r) => exitAdmits(r, c.to));
+    if (c.traffic && forDests.length > 0) {
+      return new PathError(
+        c.name,
+        'exit',
+        `no exit lets the circuit's traffic (${trafficText(c.traffic)}) out to all of its destinations (${forDests.map((r) => `${r.name} would drop ${c.to.map((d) => droppedTraffic(r.exit!.allow, d, c.traffic!)).filter(Boolean)[0]}`).join('; ')}); widen an exit's "allow" list or change the circuit's proto/ports`,
+      );
+    }
     return new PathError(
       c.name,
       'exit',

@@ -69,7 +69,15 @@ export interface CircuitDef {
   distinct16: boolean;
   /** TFC padding (size in bytes) on telescope layers (1-based hop numbers) and/or the overlay links of the path */
   tfcpad?: { size: number; telescope: number[]; overlay: boolean };
+  /** what the circuit says it carries (topology `proto`/`ports`); undefined: unstated */
+  traffic?: Traffic;
   index: number;
+}
+
+/** A protocol and, for tcp/udp, destination ports (numbers or "FIRST-LAST"); no ports: all of them. */
+export interface Traffic {
+  proto: 'tcp' | 'udp' | 'icmp' | 'any';
+  ports?: (number | string)[];
 }
 
 export interface Net {
@@ -184,6 +192,7 @@ export function buildNet(t: Topology): Net {
     distinctCountries: c.distinct?.countries ?? t.distinct.countries ?? false,
     distinct16: c.distinct?.subnets16 ?? t.distinct.subnets16 ?? false,
     ...(c.tfcpad ? { tfcpad: tfcpadOf(c.tfcpad, c.hops ?? t.hops) } : {}),
+    ...(c.proto ? { traffic: { proto: c.proto, ...(c.ports ? { ports: c.ports } : {}) } } : {}),
     index,
   }));
   return {

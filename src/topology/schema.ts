@@ -32,7 +32,19 @@ function addrCheck(parse: (s: string) => unknown) {
   };
 }
 const cidr = z.string().superRefine(addrCheck(parseCidr));
-const ifaddr = z.string().superRefine(addrCheck(parseIfAddr));
+/** An interface address: not its subnet's network or broadcast address (the kernel would route it as such). */
+const ifaddr = z.string().superRefine(
+  addrCheck((s) => {
+    const a = parseIfAddr(s);
+    if (a.len <= 30) {
+      const host = a.len === 0 ? 0xffffffff : (~(~0 << (32 - a.len))) >>> 0;
+      const bits = (a.addr & host) >>> 0;
+      if (bits === 0) throw new AddrError(`${s} is the network address of its subnet, not a host address`);
+      if (bits === host) throw new AddrError(`${s} is the broadcast address of its subnet, not a host address`);
+    }
+    return a;
+  }),
+);
 
 export const HOPS_MIN = 2;
 /** k telescope layers + 1 overlay layer; the kernel carries at most 5 nested tunnel layers. */
@@ -61,14 +73,37 @@ const underlay = z.strictObject({
   mtu: z.number().int().min(576).max(65535).optional(),
 });
 
-const port = z.number().int().min(1).max(65535);
-const portRange = z.string().regex(/^\d{1,5}-\d{1,5}$/, 'a port range is written "FIRST-LAST"');
+const PORT_HELP = 'a port is a number from 1 to 65535, or a range "FIRST-LAST" such as "8000-8080"';
 
-const allowRule = z.strictObject({
-  to: cidr,
-  proto: z.enum(['tcp', 'udp', 'icmp', 'any']).default('any'),
-  ports: z.array(z.union([port, portRange])).min(1).optional(),
-});
+/** What is wrong with one entry of a `ports` list; undefined when it is a port or a range the kernel takes. */
+export function portProblem(v: unknown): string | undefined {
+  const ok = (n: number) => Number.isInteger(n) && n >= 1 && n <= 65535;
+  if (typeof v === 'number') return ok(v) ? undefined : `port ${v} is out of range: ${PORT_HELP}`;
+  if (typeof v !== 'string') return PORT_HELP;
+  const m = /^(\d{1,5})-(\d{1,5})$/.exec(v);
+  if (!m) return `${JSON.stringify(v.slice(0, 40))} is not a port: ${PORT_HELP}${/^[a-z]/i.test(v) ? ' (service names are not looked up)' : ''}`;
+  const [a, b] = [Number(m[1]), Number(m[2])];
+  if (!ok(a) || !ok(b)) return `port range "${v}" goes outside 1-65535`;
+  if (a > b) return `port range "${v}" runs backwards; write "${b}-${a}"`;
+  return undefined;
+}
+
+const portEntry = z.union([z.number(), z.string()]).superRefine((v, ctx) => {
+  const why = portProblem(v);
+  if (why) ctx.addIssue({ code: 'custom', message: why });
+}) as z.ZodType<number | string>;
+
+const allowRule = z
+  .strictObject({
+    to: cidr,
+    proto: z.enum(['tcp', 'udp', 'icmp', 'any']).default('any'),
+    ports: z.array(portEntry).min(1).optional(),
+  })
+  .superRefine((r, ctx) => {
+    if (r.ports && r.proto !== 'tcp' && r.proto !== 'udp') {
+      ctx.addIssue({ code: 'custom', path: ['ports'], message: `ports apply to tcp and udp only: with proto ${r.proto} they would match nothing; give proto tcp or udp, or drop the ports` });
+    }
+  });
 
 const exit = z.strictObject({
   /** Outside interface; defaults to the underlay interface. */
@@ -140,14 +175,27 @@ const tfcpad = z.strictObject({
   layers: z.union([z.enum(TFCPAD_LAYER_SETS), z.array(z.number().int().min(1, 'telescope layers are numbered from 1 (the entry) to k (the exit)')).min(1)]).default('telescope'),
 });
 
-const circuit = z.strictObject({
-  name,
-  client: name,
-  to: z.array(cidr).min(1),
-  hops: hops.optional(),
-  distinct: distinct.optional(),
-  tfcpad: tfcpad.optional(),
-});
+const circuit = z
+  .strictObject({
+    name,
+    client: name,
+    to: z.array(cidr).min(1),
+    /**
+     * What the circuit carries. When given, only an exit whose `allow` list admits all of it to
+     * every destination is chosen (as Tor matches exit policies per stream); unstated, any exit
+     * whose list covers the destinations is, and audit says which traffic that exit would drop.
+     */
+    proto: z.enum(['tcp', 'udp', 'icmp', 'any']).optional(),
+    ports: z.array(portEntry).min(1).optional(),
+    hops: hops.optional(),
+    distinct: distinct.optional(),
+    tfcpad: tfcpad.optional(),
+  })
+  .superRefine((c, ctx) => {
+    if (c.ports && c.proto !== 'tcp' && c.proto !== 'udp') {
+      ctx.addIssue({ code: 'custom', path: ['ports'], message: `ports need proto tcp or udp${c.proto ? ` (this circuit says ${c.proto})` : ''}` });
+    }
+  });
 
 const keys = z.strictObject({
   source: z.enum(['kdf', 'random']).default('kdf'),

@@ -6,6 +6,24 @@
  * tests check both ways.
  */
 export const BAD_CASES: Record<string, string[]> = {
+  'icmp-with-ports': [
+    '42:18: routers[2].exit.allow[1].ports: ports apply to tcp and udp only: with proto icmp they would match nothing; give proto tcp or udp, or drop the ports',
+  ],
+  'port-range-backwards': [
+    '39:23: routers[2].exit.allow[0].ports[1]: port range "500-400" runs backwards; write "400-500"',
+  ],
+  'port-range-out-of-bounds': [
+    '39:19: routers[2].exit.allow[0].ports[0]: port range "0-99999" goes outside 1-65535',
+  ],
+  'port-service-name': [
+    '39:19: routers[2].exit.allow[0].ports[0]: "https" is not a port: a port is a number from 1 to 65535, or a range "FIRST-LAST" such as "8000-8080" (service names are not looked up)',
+  ],
+  'underlay-network-address': [
+    '26:43: routers[1].underlay.address: 198.51.100.0/24 is the network address of its subnet, not a host address',
+  ],
+  'underlay-broadcast': [
+    '21:43: routers[0].underlay.address: 198.51.100.255/24 is the broadcast address of its subnet, not a host address',
+  ],
   'alias-bomb': [
     '5:12: YAML: Excessive alias count indicates a resource exhaustion attack',
   ],
