@@ -9,6 +9,9 @@ export const BAD_CASES: Record<string, string[]> = {
   'icmp-with-ports': [
     '42:18: routers[2].exit.allow[1].ports: ports apply to tcp and udp only: with proto icmp they would match nothing; give proto tcp or udp, or drop the ports',
   ],
+  'pool-too-small': [
+    '22:11: routers[0].pool: pool 100.64.1.0/31 has 2 addresses, but 3 circuits must pass through or1 (web, mail, chat), each needing one; enlarge the pool',
+  ],
   'port-range-backwards': [
     '39:23: routers[2].exit.allow[0].ports[1]: port range "500-400" runs backwards; write "400-500"',
   ],
