@@ -28,6 +28,8 @@ export interface AuditOpts {
   json?: boolean;
   compromised?: string[];
   compromisedFraction?: number;
+  /** with --compromised(-fraction): exit 1 when the assumed adversary sees a circuit end to end */
+  failOnExposure?: boolean;
 }
 
 export function operatorListArg(v: string): string[] {
@@ -84,6 +86,9 @@ export async function runAudit(topology: string, opts: AuditOpts): Promise<Audit
   }
   const result = auditState(net, plan.state, plan.configs);
 
+  if (opts.failOnExposure && !opts.compromised && opts.compromisedFraction === undefined) {
+    throw new UserError('--fail-on-exposure needs --compromised or --compromised-fraction (the adversary it is about)');
+  }
   let adversary: AdversaryReport | undefined;
   if (opts.compromised || opts.compromisedFraction !== undefined) {
     const ops = routerOperators(net);
@@ -106,6 +111,11 @@ export async function runAudit(topology: string, opts: AuditOpts): Promise<Audit
     ...result.invariants.flatMap((i) => i.violations.map((v) => `${v.invariant}: ${v.message} [party: ${v.party}]`)),
     ...(storedResult?.invariants.flatMap((i) => i.violations.map((v) => `${v.invariant} (stored state): ${v.message} [party: ${v.party}]`)) ?? []),
   ];
+  if (opts.failOnExposure && adversary) {
+    for (const c of adversary.circuits.filter((x) => x.exposed)) {
+      failures.push(`exposure: circuit ${c.circuit}: its entry ${c.entry} (operator ${c.entryOperator}) and exit ${c.exit} (operator ${c.exitOperator}) are both compromised`);
+    }
+  }
   const stderr = failures.length === 0 ? '' : failures.map((f) => `onionctl: audit: ${f}\n`).join('') + `onionctl: audit failed: ${failures.length} violation${failures.length === 1 ? '' : 's'}\n`;
   return { code: failures.length === 0 ? 0 : 1, stdout, stderr };
 }

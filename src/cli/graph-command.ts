@@ -20,8 +20,26 @@ export type GraphFormat = (typeof GRAPH_FORMATS)[number];
 export interface GraphOpts {
   state?: string;
   seed?: string;
-  format: GraphFormat;
+  /** default: from --out's extension */
+  format?: GraphFormat;
   out?: string;
+}
+
+const BY_EXTENSION: Record<string, GraphFormat> = { '.dot': 'dot', '.gv': 'dot', '.mmd': 'mermaid', '.mermaid': 'mermaid', '.svg': 'svg', '.png': 'png' };
+
+/** --format, or the one --out's extension names; an error when neither says, or they disagree. */
+export function graphFormat(opts: Pick<GraphOpts, 'format' | 'out'>): GraphFormat {
+  const ext = opts.out ? BY_EXTENSION[path.extname(opts.out).toLowerCase()] : undefined;
+  if (opts.format && ext && opts.format !== ext) throw new UserError(`--format ${opts.format} but --out ${opts.out} names ${ext}; give one of them, or make them agree`);
+  const f = opts.format ?? ext;
+  if (!f) {
+    throw new UserError(
+      opts.out
+        ? `cannot tell the format from ${opts.out}: give --format (${GRAPH_FORMATS.join(', ')}) or an --out ending in ${Object.keys(BY_EXTENSION).join(', ')}`
+        : `give --format (${GRAPH_FORMATS.join(', ')}), or --out FILE with one of the extensions ${Object.keys(BY_EXTENSION).join(', ')}`,
+    );
+  }
+  return f;
 }
 
 export function formatArg(v: string): GraphFormat {
@@ -44,10 +62,14 @@ export async function renderDot(dot: string, format: 'svg' | 'png', bin = proces
   }
 }
 
-export async function graphOutput(topology: string, opts: GraphOpts): Promise<string | Buffer> {
+export async function graphOutput(topology: string, opts: GraphOpts, note: (s: string) => void = (s) => process.stderr.write(`onionctl: ${s}\n`)): Promise<string | Buffer> {
+  const format = graphFormat(opts);
   const paths = defaultPaths(topology, opts);
   const { topology: topo, net } = await readTopology(topology);
-  const { state, fresh } = await readState(paths, 'warn', (s) => process.stderr.write(`onionctl: ${s}\n`));
+  const { state, fresh } = await readState(paths, 'warn', note);
+  if (fresh) {
+    note(`no state file ${paths.state}: the circuits drawn are ${opts.seed !== undefined ? `the paths --seed ${opts.seed} chooses` : 'a fresh random choice'}, not what any router has (run onionctl plan first)`);
+  }
   const plan = computePlan({ net, state, rngFor: rngFactory(opts.seed), now: new Date().toISOString() });
   const pathsFrom = fresh
     ? `paths not saved (no state file${opts.seed !== undefined ? `; --seed ${opts.seed}` : ''})`
@@ -55,14 +77,14 @@ export async function graphOutput(topology: string, opts: GraphOpts): Promise<st
       ? `state serial ${state.serial} + ${plan.events.length} planned change${plan.events.length === 1 ? '' : 's'}`
       : `state serial ${state.serial}`;
   const input = { net, state: plan.state, title: `onionctl: ${path.basename(topology)}`, operators: topo.operators, pathsFrom };
-  if (opts.format === 'mermaid') return toMermaid(input);
+  if (format === 'mermaid') return toMermaid(input);
   const dot = toDot(input);
-  if (opts.format === 'dot') return dot;
-  return renderDot(dot, opts.format);
+  if (format === 'dot') return dot;
+  return renderDot(dot, format);
 }
 
 export async function graphCommand(topology: string, opts: GraphOpts): Promise<number> {
-  if (opts.format === 'png' && !opts.out && process.stdout.isTTY) throw new UserError('--format png writes binary data; give --out FILE.png');
+  if (graphFormat(opts) === 'png' && !opts.out && process.stdout.isTTY) throw new UserError('--format png writes binary data; give --out FILE.png');
   const data = await graphOutput(topology, opts);
   if (opts.out) await writeFileAtomic(opts.out, data, 0o644);
   else process.stdout.write(data);

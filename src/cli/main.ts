@@ -207,6 +207,7 @@ export function buildProgram(): Command {
     .option('--json', 'print the audit as JSON')
     .option('--compromised <ops>', 'adversary view: comma-separated operators assumed compromised', operatorListArg)
     .option('--compromised-fraction <f>', 'adversary view: this fraction of the operators, drawn at random (reproducible with --seed)', fractionArg)
+    .option('--fail-on-exposure', 'with --compromised or --compromised-fraction: exit 1 when the adversary runs both the entry and the exit of a circuit (for CI gates)')
     .action(async (topology: string, opts: AuditOpts) => {
       process.exitCode = await (await import('./audit-command.js')).auditCommand(topology, opts);
     });
@@ -217,7 +218,7 @@ export function buildProgram(): Command {
     .argument('<topology>', 'topology YAML file')
     .option(...STATE_OPTION)
     .option('--seed <seed>', 'path selection for circuits the state lacks, as for plan', seedArg)
-    .requiredOption('--format <format>', 'dot, mermaid, svg or png (svg and png need Graphviz `dot`)', formatArg)
+    .option('--format <format>', 'dot, mermaid, svg or png (svg and png need Graphviz `dot`); default: from --out\'s extension (.dot/.gv, .mmd, .svg, .png)', formatArg)
     .option('--out <file>', 'write to this file instead of standard output')
     .action(async (topology: string, opts: GraphOpts) => {
       process.exitCode = await (await import('./graph-command.js')).graphCommand(topology, opts);

@@ -432,6 +432,15 @@ describe('adversary view', () => {
       expect(r.stdout).toContain('expected under uniform selection of eligible paths: 66.7%');
       expect(r.stdout).toMatch(/exposed: .*lab \(entry e2\/opb, exit x2\/opa\)/);
       await expect(runAudit(topo, { compromised: ['nobody'] })).rejects.toThrow(/nobody runs no router/);
+      // for CI: --fail-on-exposure turns an exposed circuit into exit 1, naming it; without exposure, 0
+      const gated = await runAudit(topo, { seed: '5', compromised: ['opa', 'opb'], failOnExposure: true });
+      expect(gated.code).toBe(1);
+      expect(gated.stderr).toMatch(/onionctl: audit: exposure: circuit lab: its entry e2 \(operator opb\) and exit x2 \(operator opa\) are both compromised\n/);
+      expect(gated.stdout).toBe(r.stdout);
+      const one = await runAudit(topo, { seed: '5', compromised: ['opa'], failOnExposure: true });
+      expect(one.stdout).not.toMatch(/exposed: .*lab/);
+      expect(one.code).toBe(0);
+      await expect(runAudit(topo, { failOnExposure: true })).rejects.toThrow(/--fail-on-exposure needs --compromised/);
     } finally {
       await fs.rm(dir, { recursive: true, force: true });
     }

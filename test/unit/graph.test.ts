@@ -8,7 +8,7 @@ import { execa } from 'execa';
 import { promises as fs, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { graphOutput, INSTALL_GRAPHVIZ, renderDot } from '../../src/cli/graph-command.js';
+import { graphFormat, graphOutput, INSTALL_GRAPHVIZ, renderDot } from '../../src/cli/graph-command.js';
 import { graphModel, toDot, toMermaid, type GraphInput } from '../../src/graph/graph.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan } from '../../src/plan/plan.js';
@@ -129,5 +129,27 @@ describe('rendering with Graphviz', () => {
   test('a missing Graphviz says how to install it', async () => {
     await expect(renderDot('digraph {}', 'svg', '/nonexistent/dot')).rejects.toThrow(INSTALL_GRAPHVIZ);
     expect(INSTALL_GRAPHVIZ).toBe('install Graphviz: apt-get install graphviz');
+  });
+});
+
+describe('graph: the format from --out, and a note when the paths are not saved ones', () => {
+  test('the extension of --out names the format; --format and --out must agree; neither is an error saying what to give', () => {
+    expect(graphFormat({ out: 'net.svg' })).toBe('svg');
+    expect(graphFormat({ out: 'NET.PNG' })).toBe('png');
+    expect(graphFormat({ out: 'x/net.gv' })).toBe('dot');
+    expect(graphFormat({ out: 'net.mmd' })).toBe('mermaid');
+    expect(graphFormat({ format: 'dot', out: 'net.txt' })).toBe('dot');
+    expect(graphFormat({ format: 'dot' })).toBe('dot');
+    expect(() => graphFormat({ format: 'dot', out: 'net.svg' })).toThrow(/--format dot but --out net.svg names svg/);
+    expect(() => graphFormat({ out: 'net.txt' })).toThrow(/cannot tell the format from net.txt: give --format/);
+    expect(() => graphFormat({})).toThrow(/give --format/);
+  });
+
+  test('without a state file the picture says its paths are not what any router has', async () => {
+    const notes: string[] = [];
+    const noState = path.join(os.tmpdir(), `onionctl-graph-none-${process.pid}.json`);
+    const out = await graphOutput(example('three-mixes.yaml'), { out: 'x.mmd', seed: '1', state: noState }, (s) => notes.push(s));
+    expect(String(out)).toMatch(/^(graph|flowchart)/m);
+    expect(notes).toEqual([expect.stringMatching(/^no state file .*: the circuits drawn are the paths --seed 1 chooses, not what any router has/)]);
   });
 });
