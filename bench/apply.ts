@@ -385,7 +385,7 @@ function ctlApplyArgv(lab: Lab, sub: 'apply' | 'destroy', extra: string[] = []):
   return [
     'ip', 'netns', 'exec', lab.rec.ctlNs, process.execPath, binPath(), sub, lab.topo,
     '--state', lab.state, '--secret', lab.secret, '--identity', lab.identity,
-    '--connect-timeout', '60', '--command-timeout', '900', '--parallel', String(lab.nodes.length),
+    '--connect-timeout', '60', '--command-timeout', '900', '--parallel', String(lab.nodes.length), '--auto-approve',
     ...extra,
   ];
 }

@@ -3,6 +3,7 @@
  * signals, terminal).
  */
 import { promises as fs } from 'node:fs';
+import { createInterface } from 'node:readline/promises';
 import { describeRekey, interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, sysctlKeys, type LivePlan, type NodePlan, type NodeRead, type NodeResult } from '../apply/engine.js';
 import { acquireLock, type Lock } from '../apply/lock.js';
 import { removalChanges } from '../diff/diff.js';
@@ -42,6 +43,8 @@ export interface LiveOpts extends SshCliOptions {
   acceptRestoredState?: boolean;
   /** apply PLAN: refuse a plan older than this (a duration, e.g. 2h) */
   maxPlanAge?: string;
+  /** apply, destroy: change the routers without asking */
+  autoApprove?: boolean;
 }
 
 /** Lets tests and the lab swap SSH for another transport, and tests set the clock. */
@@ -49,6 +52,27 @@ export interface LiveDeps {
   connector?: (net: Net) => Promise<Connector>;
   /** the controller's clock (default: the system's) */
   now?: () => Date;
+  /** asks the user (default: on the terminal; an error when there is none) */
+  confirm?: (question: string) => Promise<boolean>;
+}
+
+/**
+ * Asks before apply or destroy changes routers, as Terraform does: `--auto-approve` skips it;
+ * without a terminal to ask on (CI, a pipe) it is an error, never a silent yes.
+ */
+async function approved(verb: 'apply' | 'destroy', opts: LiveOpts, deps: LiveDeps): Promise<boolean> {
+  if (opts.autoApprove) return true;
+  const question = `\nDo you want to ${verb} these changes? Only 'yes' is accepted: `;
+  if (deps.confirm) return deps.confirm(question);
+  if (!process.stdin.isTTY || !process.stdout.isTTY) {
+    throw new UserError(`${verb} asks before it changes routers, and there is no terminal to ask on; nothing was changed. Run it on a terminal, or pass --auto-approve (scripts, CI)`);
+  }
+  const rl = createInterface({ input: process.stdin, output: process.stdout });
+  try {
+    return (await rl.question(question)).trim() === 'yes';
+  } finally {
+    rl.close();
+  }
 }
 
 interface Loaded {
@@ -400,6 +424,11 @@ async function applyLocked(l: Loaded, lock: Lock, topology: string, planPath: st
       out('\nNo changes: every router matches the plan.\n');
       return 0;
     }
+    // a saved plan was approved when it was made (and is applied exactly); anything else is asked
+    if (!saved && !(await approved('apply', opts, deps))) {
+      out('\nApply cancelled: nothing was changed.\n');
+      return 1;
+    }
     out('\nApplying:\n');
     return await push(l, live, reads, keys, sessions, parallel, lock, 'Apply complete');
   } finally {
@@ -442,6 +471,10 @@ async function destroyLocked(l: Loaded, lock: Lock, topology: string, opts: Live
       if (unread > 0) out(`\nNothing destroyed: ${unread} of ${planned.length} nodes could not be read (listed first); the ones read hold nothing of onionctl's.\n`);
       else out('\nNothing to destroy: no router holds anything of onionctl\'s.\n');
       return unread > 0 ? 1 : 0;
+    }
+    if (!(await approved('destroy', opts, deps))) {
+      out('\nDestroy cancelled: nothing was changed.\n');
+      return 1;
     }
     out('\nDestroying:\n');
     return await push(l, live, reads, keys, sessions, parallel, lock, 'Destroy complete');

@@ -77,7 +77,8 @@ export function buildProgram(): Command {
     .option('--seed <seed>', 'reproducible path selection for new circuits', seedArg)
     .option('--max-plan-age <duration>', 'with PLAN: refuse a plan older than this (90s, 10m, 2h, 1d; default 1d)')
     .option('--accept-restored-state', 'go on from a state file that is behind its high-water mark (restored from a backup, copied from another controller): SPIs continue past every one handed out before and every SA a router lacks gets a new key')
-    .option('--break-lock', 'take the state lock even though another run holds it');
+    .option('--break-lock', 'take the state lock even though another run holds it')
+    .option('--auto-approve', 'change the routers without asking (scripts, CI); without it apply shows the plan and asks on the terminal, and fails where there is none (a saved PLAN is applied without asking)');
   addSshOptions(apply).action(async (topology: string, planFile: string | undefined, opts: LiveOpts) => {
     process.exitCode = await (await import('./apply-command.js')).applyCommand(topology, planFile, opts);
   });
@@ -124,7 +125,8 @@ export function buildProgram(): Command {
     .argument('<topology>', 'topology YAML file')
     .option(...STATE_OPTION)
     .option('--secret <file>', 'key secret for the KDF (default: TOPOLOGY.secret)')
-    .option('--break-lock', 'take the state lock even though another run holds it');
+    .option('--break-lock', 'take the state lock even though another run holds it')
+    .option('--auto-approve', 'remove without asking (scripts, CI); without it destroy shows what it removes and asks on the terminal, and fails where there is none');
   addSshOptions(destroy).action(async (topology: string, opts: LiveOpts) => {
     process.exitCode = await (await import('./apply-command.js')).destroyCommand(topology, opts);
   });

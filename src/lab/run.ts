@@ -194,7 +194,7 @@ export async function writeLabTopology(rec: LabRecord, hostKeys: ReadonlyMap<str
     `The topology lab ${rec.id} runs, made by onionctl lab up from ${rec.topology}.`,
     ...(mapping.length > 0 ? ['Its addresses were moved into lab-safe ranges:', ...formatMapping(mapping).map((l) => `  ${l}`)] : []),
     'Every node is reached over SSH on its management address with its pinned host key, like a real router:',
-    `  ip netns exec ${rec.ctlNs} onionctl apply ${paths.topology} --state ${paths.state} --secret ${paths.secret} --identity ${paths.identity}`,
+    `  ip netns exec ${rec.ctlNs} onionctl apply --auto-approve ${paths.topology} --state ${paths.state} --secret ${paths.secret} --identity ${paths.identity}`,
     `  (or: onionctl lab ctl ${rec.topology} apply|plan|destroy|status ...)`,
   ];
   await writeFileAtomic(paths.topology, labTopologyText(labTopology(t, { mgmt, hostKeys, nftReplaced: rec.nftReplaced }), header), 0o600);
@@ -225,6 +225,8 @@ export function ctlArgv(rec: LabRecord, sub: string, args: readonly string[]): s
   if (!has('--secret')) argv.push('--secret', p.secret);
   if (!has('--identity')) argv.push('--identity', p.identity);
   if (rec.seed && sub !== 'destroy' && !has('--seed')) argv.push('--seed', rec.seed);
+  // the lab is the user's own testbed: apply and destroy there do not ask
+  if ((sub === 'apply' || sub === 'destroy') && !has('--auto-approve')) argv.push('--auto-approve');
   // the lab's kernel may be emulated (User-Mode Linux), and slow on a busy machine
   if (!has('--connect-timeout')) argv.push('--connect-timeout', '60');
   if (!has('--command-timeout')) argv.push('--command-timeout', '600');

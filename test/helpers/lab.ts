@@ -146,6 +146,7 @@ export class LabHandle {
       'ip', 'netns', 'exec', this.rec.ctlNs, process.execPath, BIN, sub, c.topology,
       '--state', c.state, ...(sub === 'status' ? [] : ['--secret', c.secret]), '--identity', c.identity,
       ...(this.rec.seed && sub !== 'destroy' ? ['--seed', this.rec.seed] : []),
+      ...(sub === 'apply' || sub === 'destroy' ? ['--auto-approve'] : []),
       '--connect-timeout', '60', '--command-timeout', '600',
       ...args,
     ];

@@ -109,7 +109,7 @@ describe('some routers unreachable', () => {
   test('apply pushes to the one it read, then says "Apply incomplete", names the others, exits 1', async () => {
     const t = await topo();
     const f = fleet(['or2']);
-    const rc = await applyCommand(t.topology, undefined, {}, f.deps);
+    const rc = await applyCommand(t.topology, undefined, { autoApprove: true }, f.deps);
     expect(rc).toBe(1);
     expect(stdout).toMatch(/^Not read, left out of this plan \(3 of 4 nodes\):/);
     expect(stdout).not.toMatch(/Apply complete/);
@@ -118,3 +118,38 @@ describe('some routers unreachable', () => {
     expect(f.log.some((r) => r.node === 'or2' && r.argv.join(' ') !== 'sh -s')).toBe(true);
   });
 });
+
+describe('apply and destroy ask first (Terraform style)', () => {
+  test('without --auto-approve and without a terminal: an error after the plan is shown, and nothing is pushed or saved', async () => {
+    const t = await topo();
+    const f = fleet(['or1', 'or2', 'or3', 'alice']);
+    // jest's stdin is not a terminal
+    await expect(applyCommand(t.topology, undefined, {}, f.deps)).rejects.toThrow(/apply asks before it changes routers, and there is no terminal to ask on; nothing was changed\. Run it on a terminal, or pass --auto-approve/);
+    expect(stdout).toMatch(/Plan: \d+ to add/);
+    expect(f.log.filter((r) => r.argv.join(' ') !== 'sh -s')).toEqual([]);
+    expect(existsSync(t.state)).toBe(false);
+  });
+
+  test('answered anything but "yes": cancelled, exit 1, nothing pushed; "yes": applied', async () => {
+    const t = await topo();
+    const asked: string[] = [];
+    const no = fleet(['or1', 'or2', 'or3', 'alice']);
+    const rc = await applyCommand(t.topology, undefined, {}, { ...no.deps, confirm: async (q) => (asked.push(q), false) });
+    expect(rc).toBe(1);
+    expect(asked).toEqual(["\nDo you want to apply these changes? Only 'yes' is accepted: "]);
+    expect(stdout).toMatch(/Apply cancelled: nothing was changed\.\n$/);
+    expect(no.log.filter((r) => r.argv.join(' ') !== 'sh -s')).toEqual([]);
+    expect(existsSync(t.state)).toBe(false);
+    const yes = fleet(['or1', 'or2', 'or3', 'alice']);
+    expect(await applyCommand(t.topology, undefined, {}, { ...yes.deps, confirm: async () => true })).toBe(0);
+    expect(yes.log.some((r) => r.argv.join(' ') !== 'sh -s')).toBe(true);
+    expect(stdout).toMatch(/Apply complete/);
+  });
+
+  test('--auto-approve does not ask', async () => {
+    const t = await topo();
+    const f = fleet(['or1', 'or2', 'or3', 'alice']);
+    expect(await applyCommand(t.topology, undefined, { autoApprove: true }, { ...f.deps, confirm: async () => { throw new Error('asked'); } })).toBe(0);
+  });
+});
+
