@@ -6,7 +6,7 @@ import { Command, CommanderError, InvalidArgumentError, Option } from 'commander
 import { TopologyError, formatDiagnostic } from '../topology/diagnostics.js';
 import { packageVersion } from '../util/files.js';
 import { OnionctlError, UserError } from '../util/errors.js';
-import { planCommand, validateCommand, type PlanOpts } from './plan-command.js';
+import { planCommand, validateCommand, VALIDATE_FORMAT, type PlanOpts } from './plan-command.js';
 import { fractionArg, operatorListArg, type AuditOpts } from './audit-command.js';
 import { formatArg, type GraphOpts } from './graph-command.js';
 import type { LabSub } from './lab-command.js';
@@ -38,8 +38,9 @@ export function buildProgram(): Command {
     .command('validate')
     .description('check a topology file; errors are reported as file:line:col')
     .argument('<topology>', 'topology YAML file')
-    .action(async (topology: string) => {
-      process.exitCode = await validateCommand(topology);
+    .option('--json', `print the result as JSON (format ${VALIDATE_FORMAT}: ok, summary, diagnostics with file, line, col, message)`)
+    .action(async (topology: string, opts: { json?: boolean }) => {
+      process.exitCode = await validateCommand(topology, opts);
     });
 
   const plan = program
@@ -257,6 +258,19 @@ export function reportError(e: unknown, err: (s: string) => void): number {
   return 70;
 }
 
+/**
+ * An error as JSON, for the --json modes: CI that parses stdout gets a document whatever
+ * happened. `validate --json` keeps its own format (ok false, the diagnostics); every other
+ * command prints onionctl-error/v1. The human message still goes to stderr.
+ */
+export function errorJson(e: unknown, command: string | undefined, exitCode: number): unknown {
+  const diagnostics = e instanceof TopologyError ? e.diagnostics.map((d) => ({ file: d.file, line: d.line, col: d.col, message: d.message })) : [];
+  const message = e instanceof Error ? e.message : String(e);
+  if (command === 'validate') return { format: VALIDATE_FORMAT, ok: false, diagnostics: diagnostics.length > 0 ? diagnostics : [{ message }] };
+  const kind = e instanceof OnionctlError ? (e.exitCode === 70 ? 'internal' : e.kind) : e instanceof CommanderError ? 'usage' : 'internal';
+  return { format: 'onionctl-error/v1', command: command ?? null, exitCode, kind, message, ...(diagnostics.length > 0 ? { diagnostics } : {}) };
+}
+
 export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   // commander answers `UNKNOWN --help` with the top-level help and exit 0: an unknown command is
@@ -278,6 +292,8 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv, { from: 'user' });
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
-    return reportError(e, (s) => process.stderr.write(s));
+    const code = reportError(e, (s) => process.stderr.write(s));
+    if (argv.includes('--json') && code !== 0) process.stdout.write(JSON.stringify(errorJson(e, first, code), null, 2) + '\n');
+    return code;
   }
 }

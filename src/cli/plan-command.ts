@@ -12,9 +12,17 @@ import { defaultPaths, fsReason, openKeys, readState, readTopology, saveStateMar
 const out = (s: string) => process.stdout.write(s);
 const note = (s: string) => process.stderr.write(`onionctl: ${s}\n`);
 
-export async function validateCommand(topology: string): Promise<number> {
+export const VALIDATE_FORMAT = 'onionctl-validate/v1';
+
+export async function validateCommand(topology: string, opts: { json?: boolean } = {}): Promise<number> {
   const { net } = await readTopology(topology);
   const exits = [...net.routers.values()].filter((r) => r.exit).length;
+  if (opts.json) {
+    // errors: the same document with ok false and the diagnostics (cli/main.ts errorJson)
+    const summary = { routers: net.routers.size, exits, clients: net.clients.size, links: net.links.length, circuits: net.circuits.length, hops: net.hops, crypto: net.crypto };
+    out(JSON.stringify({ format: VALIDATE_FORMAT, ok: true, file: topology, summary, diagnostics: [] }, null, 2) + '\n');
+    return 0;
+  }
   out(
     `${topology}: ok (${net.routers.size} routers of which ${exits} exits, ${net.clients.size} clients, ` +
       `${net.links.length} overlay links, ${net.circuits.length} circuits; k=${net.hops}, ${net.crypto})\n`,

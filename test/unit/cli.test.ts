@@ -551,3 +551,40 @@ describe('filesystem mistakes and files that are not topologies (issue 15, defec
     for (const r of [b, l, e]) expectClean(r);
   });
 });
+
+describe('JSON for machines: validate --json, and errors as JSON in every --json mode', () => {
+  test('validate --json: ok with a summary; a bad file gives ok false and each diagnostic with file, line, col, message; exit 1', async () => {
+    const [good, bad, several] = await runAll([
+      { args: ['validate', '--json', path.join(EXAMPLES, 'three-mixes.yaml')] },
+      { args: ['validate', '--json', path.join(BAD_FIXTURES, 'port-range-backwards.yaml')] },
+      { args: ['validate', '--json', path.join(BAD_FIXTURES, 'several-errors.yaml')] },
+    ]);
+    expect(good!.code).toBe(0);
+    expect(JSON.parse(good!.stdout)).toEqual({
+      format: 'onionctl-validate/v1',
+      ok: true,
+      file: path.join(EXAMPLES, 'three-mixes.yaml'),
+      summary: { routers: 3, exits: 1, clients: 1, links: 3, circuits: 1, hops: 3, crypto: 'aes-gcm' },
+      diagnostics: [],
+    });
+    expect(bad!.code).toBe(1);
+    expect(JSON.parse(bad!.stdout)).toEqual({
+      format: 'onionctl-validate/v1',
+      ok: false,
+      diagnostics: [{ file: path.join(BAD_FIXTURES, 'port-range-backwards.yaml'), line: 39, col: 23, message: 'routers[2].exit.allow[0].ports[1]: port range "500-400" runs backwards; write "400-500"' }],
+    });
+    // the human form still goes to stderr
+    expect(bad!.stderr).toContain('port-range-backwards.yaml:39:23:');
+    const s = JSON.parse(several!.stdout) as { diagnostics: { line: number; col: number; message: string }[] };
+    expect(s.diagnostics.map((d) => `${d.line}:${d.col}: ${d.message}`)).toEqual(BAD_CASES['several-errors']);
+  });
+
+  test('plan --json on a missing topology: an onionctl-error/v1 document on stdout, exit 1, no stack', async () => {
+    const r = await run(['plan', '--json', '/nonexistent/topo.yaml']);
+    expect(r.code).toBe(1);
+    const j = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(j).toMatchObject({ format: 'onionctl-error/v1', command: 'plan', exitCode: 1, kind: 'input' });
+    expect(String(j.message)).toMatch(/nonexistent\/topo\.yaml/);
+    expect(r.stderr).not.toMatch(STACK_LINE);
+  });
+});
