@@ -43,6 +43,14 @@ export function buildProgram(): Command {
       process.exitCode = await validateCommand(topology, opts);
     });
 
+  program
+    .command('schema')
+    .description('print the JSON Schema of the topology file (for editors; docs/topology.schema.json is this output)')
+    .action(async () => {
+      const { topologyJsonSchema } = await import('../topology/json-schema.js');
+      process.stdout.write(JSON.stringify(topologyJsonSchema(), null, 2) + '\n');
+    });
+
   const plan = program
     .command('plan')
     .description('choose circuits (kept in the state file) and compute every router\'s configuration')
