@@ -44,6 +44,18 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('show')
+    .description('show what a plan saved with plan --live --out would do (checked to be authentic first; changes nothing)')
+    .argument('<planfile>', 'the saved plan')
+    .option('--secret <file>', 'the key secret to check it with (default: TOPOLOGY.secret beside the topology the plan names)')
+    .option('--json', `print the plan itself as JSON (format ${'onionctl-saved-plan/v3'}, docs/formats.md)`)
+    .action(async (planfile: string, opts: { secret?: string; json?: boolean }) => {
+      const r = await (await import('./show-command.js')).showCommand(planfile, opts);
+      process.stdout.write(r.stdout);
+      process.exitCode = 0;
+    });
+
+  program
     .command('schema')
     .description('print the JSON Schema of the topology file (for editors; docs/topology.schema.json is this output)')
     .action(async () => {

@@ -18,6 +18,15 @@ const STATE_MAX = 1024 * 1024 * 1024;
 const STORE_MAX = 1024 * 1024 * 1024;
 const HIGH_WATER_MAX = 16 * 1024 * 1024;
 
+/** The KDF secret if it exists (never created: for commands that only verify, such as show). */
+export async function loadSecret(file: string): Promise<Buffer | undefined> {
+  const text = await readPrivateFile(file, 'key secret', SECRET_MAX);
+  if (text === undefined) return undefined;
+  const t = text.trim();
+  if (!/^(?:[0-9a-f]{2}){32,}$/.test(t)) throw new UserError(`key secret ${file} is not a hex string of at least 32 bytes`);
+  return Buffer.from(t, 'hex');
+}
+
 /** The 32-byte KDF secret, created from the CSPRNG on first use, mode 0600. */
 export async function loadOrCreateSecret(file: string): Promise<{ secret: Buffer; created: boolean }> {
   // a bounded number of rounds: another run may create the file between our read and our create

@@ -5,7 +5,7 @@
  * built CLI refuses a forged plan before it connects to any router.
  */
 import { describe, expect, jest, test } from '@jest/globals';
-import { promises as fs } from 'node:fs';
+import { existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { makeSavedPlan, planInputsMoved, planMacKey, openPlan, sealPlan, SavedPlanError, staleNodes, stateDelta, SAVED_PLAN_FORMAT, type PlannedNode, type SavedPlan } from '../../src/plan/planfile.js';
@@ -224,6 +224,36 @@ describe('the built CLI', () => {
       sealPlan({ ...planOf(st, created), topology: { path: topo, sha256: sha(topoText) }, stateBefore: { path: path.join(dir, 't.state.json'), sha256: null } }, planMacKey(sec));
     return { dir, topo, sealed };
   }
+
+  test('show PLANFILE: what the plan would do, only once it is authentic; --json gives the plan; a tampered or foreign plan is an error', async () => {
+    const { dir, topo, sealed } = await project();
+    const file = path.join(dir, 'p.json');
+    const text = sealed(planned(), new Date(Date.now() - 3 * 60_000));
+    await fs.writeFile(file, text, { mode: 0o600 });
+    const [human, json] = await Promise.all([run(['show', file]), run(['show', file, '--json'])]);
+    expect(human.code).toBe(0);
+    expect(human.stdout).toMatch(new RegExp(`^Saved plan ${file.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} \\(onionctl-saved-plan/v3, authentic\\), made .* \\(3 min ago\\)\n`));
+    expect(human.stdout).toContain('  web: alice -> ');
+    expect(human.stdout).toContain('or1: 1 to add, 0 to change, 0 to destroy\n  + state esp 198.51.100.12 spi 0x4f000000');
+    expect(human.stdout).toContain(`Apply exactly this plan with: onionctl apply ${topo} ${file}`);
+    expect(JSON.parse(json.stdout)).toEqual({ format: SAVED_PLAN_FORMAT, authentic: true, plan: JSON.parse(text).plan });
+    // one byte of the plan changed: not shown
+    const j = JSON.parse(text) as { plan: { summary: { add: number } } };
+    j.plan.summary.add = 99;
+    await fs.writeFile(file, JSON.stringify(j), { mode: 0o600 });
+    const forged = await run(['show', file]);
+    expect(forged.code).toBe(1);
+    expect(forged.stderr).toMatch(/is not authentic: its MAC does not match/);
+    expect(forged.stdout).toBe('');
+    // another secret given: not authentic either; no secret at all: says how to give one, creates none
+    await fs.writeFile(file, text, { mode: 0o600 });
+    const other = path.join(dir, 'other.secret');
+    await fs.writeFile(other, '5a'.repeat(32) + '\n', { mode: 0o600 });
+    expect((await run(['show', file, '--secret', other])).stderr).toMatch(/not authentic/);
+    const missing = await run(['show', file, '--secret', path.join(dir, 'none.secret')]);
+    expect(missing.stderr).toMatch(/cannot check plan .*: no key secret .*none\.secret \(give --secret FILE/);
+    expect(existsSync(path.join(dir, 'none.secret'))).toBe(false);
+  });
 
   test('apply TOPOLOGY PLAN: a forged plan sealed with the right secret is refused for its state, a tampered one as not authentic, before any router is contacted', async () => {
     const { dir, topo, sealed } = await project();
