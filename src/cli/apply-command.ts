@@ -27,10 +27,10 @@ import { loadTemplates } from '../store/files.js';
 import { UserError } from '../util/errors.js';
 import { defaultPaths, highWater, openKeys, planKey, readState, readTopology, saveStateMarked, type BehindMode, type LoadedKeys, type Paths } from './context.js';
 import { cliProgress } from './progress.js';
+import { colourPlan, note } from './output.js';
 import { fleetOptions, type SshCliOptions } from './ssh-options.js';
 
-const out = (s: string) => process.stdout.write(s);
-const note = (s: string) => process.stderr.write(`onionctl: ${s}\n`);
+const out = (s: string) => process.stdout.write(colourPlan(s, process.stdout));
 
 export interface LiveOpts extends SshCliOptions {
   state?: string;

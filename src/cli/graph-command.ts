@@ -13,6 +13,7 @@ import { toDot, toMermaid } from '../graph/graph.js';
 import { writeFileAtomic } from '../util/files.js';
 import { UserError } from '../util/errors.js';
 import { defaultPaths, readState, readTopology } from './context.js';
+import { note as quietableNote } from './output.js';
 
 export const GRAPH_FORMATS = ['dot', 'mermaid', 'svg', 'png'] as const;
 export type GraphFormat = (typeof GRAPH_FORMATS)[number];
@@ -62,7 +63,7 @@ export async function renderDot(dot: string, format: 'svg' | 'png', bin = proces
   }
 }
 
-export async function graphOutput(topology: string, opts: GraphOpts, note: (s: string) => void = (s) => process.stderr.write(`onionctl: ${s}\n`)): Promise<string | Buffer> {
+export async function graphOutput(topology: string, opts: GraphOpts, note: (s: string) => void = quietableNote): Promise<string | Buffer> {
   const format = graphFormat(opts);
   const paths = defaultPaths(topology, opts);
   const { topology: topo, net } = await readTopology(topology);

@@ -12,6 +12,7 @@ import { formatArg, type GraphOpts } from './graph-command.js';
 import type { LabSub } from './lab-command.js';
 import type { LiveOpts } from './apply-command.js';
 import { addSshOptions } from './ssh-options.js';
+import { colourError, configureOutput, settings } from './output.js';
 
 // Subcommands beyond validate/plan load their modules when they run: start-up stays quick and a
 // problem in one subcommand's module cannot break the others.
@@ -31,6 +32,9 @@ export function buildProgram(): Command {
     .description('Plan and push IPsec onion circuits (nested ESP tunnels through k mixes, SNAT at the exit) to Linux routers')
     .version(packageVersion())
     .showHelpAfterError()
+    .option('-q, --quiet', 'no per-router progress and no notes (results, errors and JSON are still printed); anywhere on the line')
+    .option('--verbose', 'every progress event on its own line, and the stack of an internal error')
+    .option('--no-color', 'no colour (also: NO_COLOR set, or output not a terminal)')
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
     .exitOverride();
 
@@ -247,7 +251,75 @@ export function buildProgram(): Command {
       process.exitCode = await (await import('./graph-command.js')).graphCommand(topology, opts);
     });
 
+  program
+    .command('completion')
+    .description('print a shell completion script: bash (source it, or put it in /etc/bash_completion.d/onionctl) or zsh')
+    .argument('<shell>', 'bash or zsh')
+    .action((shell: string) => {
+      if (shell !== 'bash' && shell !== 'zsh') throw new UserError(`completion for ${shell.slice(0, 20)} is not offered: bash or zsh`);
+      process.stdout.write(completionScript(program, shell));
+    });
+
+  for (const c of program.commands) {
+    const ex = EXAMPLES[c.name()];
+    if (ex) c.addHelpText('after', `\nExamples:\n${ex.map((l) => `  ${l}`).join('\n')}\n`);
+  }
   return program;
+}
+
+/** --help examples per command */
+const EXAMPLES: Record<string, string[]> = {
+  validate: ['onionctl validate topo.yaml', 'onionctl validate --json topo.yaml     # diagnostics as JSON, for CI'],
+  plan: [
+    'onionctl plan topo.yaml --out-dir out/              # choose paths, write per-router scripts (keys redacted)',
+    'onionctl plan topo.yaml --seed 1 --no-save-state --json',
+    'onionctl plan topo.yaml --live                      # what apply would change on the routers',
+    'onionctl plan topo.yaml --live --out plan.json --detailed-exitcode',
+  ],
+  apply: ['onionctl apply topo.yaml                            # shows the plan, asks, pushes', 'onionctl apply topo.yaml plan.json                  # exactly a saved plan', 'onionctl apply topo.yaml --auto-approve             # scripts, CI'],
+  show: ['onionctl show plan.json', 'onionctl show plan.json --json'],
+  destroy: ['onionctl destroy topo.yaml', 'onionctl destroy topo.yaml --auto-approve'],
+  status: ['onionctl status topo.yaml', 'onionctl status topo.yaml --json --interval 10'],
+  rekey: ['onionctl rekey topo.yaml --due                      # what is past its soft limits (systemd timer)', 'onionctl rekey topo.yaml --circuit web --grace 30'],
+  rotate: ['onionctl rotate topo.yaml --max-age 1d', 'onionctl rotate topo.yaml --circuit web'],
+  audit: ['onionctl audit topo.yaml', 'onionctl audit topo.yaml --compromised north,south --fail-on-exposure'],
+  graph: ['onionctl graph topo.yaml --out net.svg', 'onionctl graph topo.yaml --format mermaid'],
+  lab: ['onionctl lab demo examples/three-mixes.yaml', 'onionctl lab up topo.yaml && onionctl lab test topo.yaml && onionctl lab down topo.yaml'],
+  schema: ['onionctl schema > topology.schema.json'],
+  completion: ['onionctl completion bash > /etc/bash_completion.d/onionctl', 'onionctl completion zsh > "${fpath[1]}/_onionctl"'],
+};
+
+/** A completion script from the program's own commands and options (so it never lists one that does not exist). */
+export function completionScript(program: Command, shell: 'bash' | 'zsh'): string {
+  const longs = (c: Command) => c.options.map((o) => o.long).filter((x): x is string => x !== undefined);
+  const global = longs(program);
+  const cases: string[] = [];
+  for (const c of program.commands) {
+    const subs = c.commands.map((s) => s.name());
+    cases.push(`    ${c.name()}) words=${JSON.stringify([...subs, ...longs(c), ...global, '--help'].join(' '))} ;;`);
+  }
+  const top = program.commands.map((c) => c.name()).join(' ');
+  const body = [
+    '_onionctl() {',
+    '  local cur words',
+    '  cur=${COMP_WORDS[COMP_CWORD]}',
+    '  if [ "$COMP_CWORD" -eq 1 ]; then',
+    `    COMPREPLY=($(compgen -W ${JSON.stringify(`${top} ${global.join(' ')} --help --version`)} -- "$cur"))`,
+    '    return',
+    '  fi',
+    '  case "${COMP_WORDS[1]}" in',
+    ...cases,
+    '    *) words= ;;',
+    '  esac',
+    '  case "$cur" in',
+    '    -*) COMPREPLY=($(compgen -W "$words" -- "$cur")) ;;',
+    '    *) if [ "${COMP_WORDS[1]}" = lab ] && [ "$COMP_CWORD" -eq 2 ]; then COMPREPLY=($(compgen -W "$words" -- "$cur")); else COMPREPLY=($(compgen -f -- "$cur")); fi ;;',
+    '  esac',
+    '}',
+    'complete -o filenames -F _onionctl onionctl',
+  ];
+  const head = shell === 'zsh' ? ['#compdef onionctl', '# onionctl completion for zsh (uses bash completion through bashcompinit)', 'autoload -U +X bashcompinit && bashcompinit'] : ['# onionctl completion for bash: source it, or put it in /etc/bash_completion.d/onionctl'];
+  return [...head, ...body, ''].join('\n');
 }
 
 /** Exit codes, as Terraform has them (README "Exit codes"). */
@@ -266,14 +338,14 @@ export function reportError(e: unknown, err: (s: string) => void): number {
     return 1;
   }
   if (e instanceof OnionctlError && e.exitCode !== 70) {
-    err(`onionctl: error: ${e.message}\n`);
+    err(colourError(`onionctl: error: ${e.message}`, process.stderr) + '\n');
     return e.exitCode;
   }
   // a usage error is an error (1): 2 means "changes" to CI pipelines using --detailed-exitcode
   if (e instanceof CommanderError) return e.exitCode === 0 ? 0 : 1;
   const msg = e instanceof Error ? e.message : String(e);
   err(`onionctl: internal error: ${msg}\n`);
-  if (process.env.ONIONCTL_DEBUG && e instanceof Error && e.stack) err(e.stack + '\n');
+  if ((process.env.ONIONCTL_DEBUG || settings.verbose) && e instanceof Error && e.stack) err(e.stack + '\n');
   else err('(this is a bug in onionctl; rerun with ONIONCTL_DEBUG=1 for details)\n');
   return 70;
 }
@@ -291,7 +363,8 @@ export function errorJson(e: unknown, command: string | undefined, exitCode: num
   return { format: 'onionctl-error/v1', command: command ?? null, exitCode, kind, message, ...(diagnostics.length > 0 ? { diagnostics } : {}) };
 }
 
-export async function main(argv: string[]): Promise<number> {
+export async function main(argvIn: string[]): Promise<number> {
+  const argv = configureOutput(argvIn);
   const program = buildProgram();
   // commander answers `UNKNOWN --help` with the top-level help and exit 0: an unknown command is
   // an error whatever follows it

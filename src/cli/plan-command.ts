@@ -8,9 +8,10 @@ import { packageVersion, unsafeDirectory, writeFileAtomic } from '../util/files.
 import { loadTemplates } from '../store/files.js';
 import { UserError } from '../util/errors.js';
 import { defaultPaths, fsReason, openKeys, readState, readTopology, saveStateMarked } from './context.js';
+import { note } from './output.js';
 
 const out = (s: string) => process.stdout.write(s);
-const note = (s: string) => process.stderr.write(`onionctl: ${s}\n`);
+
 
 export const VALIDATE_FORMAT = 'onionctl-validate/v1';
 

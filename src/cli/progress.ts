@@ -4,6 +4,7 @@
  */
 import { createLogUpdate } from 'log-update';
 import type { Progress } from '../apply/engine.js';
+import { settings } from './output.js';
 
 export interface CliProgress extends Progress {
   /** stop redrawing and leave the final lines on screen */
@@ -11,8 +12,9 @@ export interface CliProgress extends Progress {
 }
 
 export function cliProgress(nodes: readonly string[], stream: NodeJS.WriteStream = process.stderr): CliProgress {
+  if (settings.quiet) return { step() {}, done() {}, fail() {}, finish() {} };
   const w = Math.max(4, ...nodes.map((n) => n.length));
-  if (!stream.isTTY || process.env.ONIONCTL_PLAIN_PROGRESS) {
+  if (!stream.isTTY || process.env.ONIONCTL_PLAIN_PROGRESS || settings.verbose) {
     const line = (node: string, s: string) => stream.write(`${node.padEnd(w)}  ${s}\n`);
     return {
       step: (n, what) => line(n, what),
