@@ -38,6 +38,20 @@ export function buildProgram(): Command {
     .addHelpText('after', `\n${EXIT_CODES_HELP}\n`)
     .exitOverride();
 
+  addOfflineCommands(program);
+  addLiveCommands(program);
+  addLabCommands(program);
+  addReportCommands(program);
+
+  for (const c of program.commands) {
+    const ex = EXAMPLES[c.name()];
+    if (ex) c.addHelpText('after', `\nExamples:\n${ex.map((l) => `  ${l}`).join('\n')}\n`);
+  }
+  return program;
+}
+
+/** commands that read files only: validate, show, schema, plan (plan --live reads routers too) */
+function addOfflineCommands(program: Command): void {
   program
     .command('validate')
     .description('check a topology file; errors are reported as file:line:col')
@@ -91,7 +105,10 @@ export function buildProgram(): Command {
     }
     process.exitCode = await planCommand(topology, opts);
   });
+}
 
+/** commands that read or change the routers over SSH */
+function addLiveCommands(program: Command): void {
   const apply = program
     .command('apply')
     .description('read every router over SSH, then push only the changes (new SAs before the policies that use them, old policies out before their SAs); with PLAN, apply exactly that saved plan')
@@ -171,7 +188,10 @@ export function buildProgram(): Command {
   addSshOptions(status).action(async (topology: string, opts: import('./status-command.js').StatusOpts) => {
     process.exitCode = await (await import('./status-command.js')).statusCommand(topology, opts);
   });
+}
 
+/** the lab: namespaces, UML guests, lab ctl */
+function addLabCommands(program: Command): void {
   const lab = program.command('lab').description('build the topology in network namespaces (inside User-Mode Linux when this kernel has no ESP) and prove it works');
   for (const [sub, desc] of [
     ['up', 'create namespaces, wires, sshd per node and a server per circuit, then configure every node over SSH'],
@@ -224,7 +244,10 @@ export function buildProgram(): Command {
     .action(async (topology: string, command: string, args: string[]) => {
       process.exitCode = await (await import('./lab-command.js')).labCtl(topology, command, args);
     });
+}
 
+/** audit, graph and shell completion */
+function addReportCommands(program: Command): void {
   program
     .command('audit')
     .description('who sees which addresses on every wire and router, per circuit; checks the anonymity invariants (exit 1 on a violation); never writes the state')
@@ -259,12 +282,6 @@ export function buildProgram(): Command {
       if (shell !== 'bash' && shell !== 'zsh') throw new UserError(`completion for ${shell.slice(0, 20)} is not offered: bash or zsh`);
       process.stdout.write(completionScript(program, shell));
     });
-
-  for (const c of program.commands) {
-    const ex = EXAMPLES[c.name()];
-    if (ex) c.addHelpText('after', `\nExamples:\n${ex.map((l) => `  ${l}`).join('\n')}\n`);
-  }
-  return program;
 }
 
 /** --help examples per command */
