@@ -74,6 +74,15 @@ function addOfflineCommands(program: Command): void {
     });
 
   program
+    .command('fmt')
+    .description('rewrite topology files in the canonical layout (comments and values kept); --check only says which would change (exit 1)')
+    .argument('<files...>', 'topology YAML files')
+    .option('--check', 'change nothing; list the files that are not formatted and exit 1 if there is one')
+    .action(async (files: string[], opts: { check?: boolean }) => {
+      process.exitCode = await (await import('./fmt-command.js')).fmtCommand(files, opts);
+    });
+
+  program
     .command('schema')
     .description('print the JSON Schema of the topology file (for editors; docs/topology.schema.json is this output)')
     .action(async () => {
@@ -303,6 +312,7 @@ const EXAMPLES: Record<string, string[]> = {
   graph: ['onionctl graph topo.yaml --out net.svg', 'onionctl graph topo.yaml --format mermaid'],
   lab: ['onionctl lab demo examples/three-mixes.yaml', 'onionctl lab up topo.yaml && onionctl lab test topo.yaml && onionctl lab down topo.yaml'],
   schema: ['onionctl schema > topology.schema.json'],
+  fmt: ['onionctl fmt topo.yaml', 'onionctl fmt --check *.yaml            # CI: exit 1 when a file is not formatted'],
   completion: ['onionctl completion bash > /etc/bash_completion.d/onionctl', 'onionctl completion zsh > "${fpath[1]}/_onionctl"'],
 };
 
