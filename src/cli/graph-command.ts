@@ -24,6 +24,8 @@ export interface GraphOpts {
   /** default: from --out's extension */
   format?: GraphFormat;
   out?: string;
+  /** only the circuits' clients, routers and links */
+  circuitsOnly?: boolean;
 }
 
 const BY_EXTENSION: Record<string, GraphFormat> = { '.dot': 'dot', '.gv': 'dot', '.mmd': 'mermaid', '.mermaid': 'mermaid', '.svg': 'svg', '.png': 'png' };
@@ -77,7 +79,7 @@ export async function graphOutput(topology: string, opts: GraphOpts, note: (s: s
     : plan.events.length > 0
       ? `state serial ${state.serial} + ${plan.events.length} planned change${plan.events.length === 1 ? '' : 's'}`
       : `state serial ${state.serial}`;
-  const input = { net, state: plan.state, title: `onionctl: ${path.basename(topology)}`, operators: topo.operators, pathsFrom };
+  const input = { net, state: plan.state, title: `onionctl: ${path.basename(topology)}`, operators: topo.operators, pathsFrom, ...(opts.circuitsOnly ? { circuitsOnly: true } : {}) };
   if (format === 'mermaid') return toMermaid(input);
   const dot = toDot(input);
   if (format === 'dot') return dot;

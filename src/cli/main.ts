@@ -279,6 +279,7 @@ function addReportCommands(program: Command): void {
     .option('--seed <seed>', 'path selection for circuits the state lacks, as for plan', seedArg)
     .option('--format <format>', 'dot, mermaid, svg or png (svg and png need Graphviz `dot`); default: from --out\'s extension (.dot/.gv, .mmd, .svg, .png)', formatArg)
     .option('--out <file>', 'write to this file instead of standard output')
+    .option('--circuits-only', 'draw only the clients, routers and links the circuits use (for large overlays)')
     .action(async (topology: string, opts: GraphOpts) => {
       process.exitCode = await (await import('./graph-command.js')).graphCommand(topology, opts);
     });
@@ -309,7 +310,7 @@ const EXAMPLES: Record<string, string[]> = {
   rekey: ['onionctl rekey topo.yaml --due                      # what is past its soft limits (systemd timer)', 'onionctl rekey topo.yaml --circuit web --grace 30'],
   rotate: ['onionctl rotate topo.yaml --max-age 1d', 'onionctl rotate topo.yaml --circuit web'],
   audit: ['onionctl audit topo.yaml', 'onionctl audit topo.yaml --compromised north,south --fail-on-exposure'],
-  graph: ['onionctl graph topo.yaml --out net.svg', 'onionctl graph topo.yaml --format mermaid'],
+  graph: ['onionctl graph topo.yaml --out net.svg', 'onionctl graph topo.yaml --format mermaid', 'onionctl graph large.yaml --circuits-only --out circuits.png'],
   lab: ['onionctl lab demo examples/three-mixes.yaml', 'onionctl lab up topo.yaml && onionctl lab test topo.yaml && onionctl lab down topo.yaml'],
   schema: ['onionctl schema > topology.schema.json'],
   fmt: ['onionctl fmt topo.yaml', 'onionctl fmt --check *.yaml            # CI: exit 1 when a file is not formatted'],

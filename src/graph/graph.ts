@@ -29,6 +29,11 @@ export interface GraphInput {
   operators?: { name: string; description?: string | undefined }[];
   /** where the paths come from, for the subtitle; default "state serial N" */
   pathsFrom?: string;
+  /**
+   * draw only the clients and routers on some circuit's path and the links circuits use (the
+   * rest of a large overlay is a grey hairball around them)
+   */
+  circuitsOnly?: boolean;
 }
 
 export interface GraphModel {
@@ -130,17 +135,24 @@ export function graphModel(input: GraphInput): GraphModel {
     input.pathsFrom ?? `state serial ${state.serial}`,
   ].join(' · ');
 
+  // --circuits-only: what no circuit passes through is left out
+  const onPath = new Set(circuits.flatMap((c) => c.path));
+  const keep = (name: string) => !input.circuitsOnly || onPath.has(name);
+  const shown = routers.filter((r) => keep(r.name));
   return {
     title: input.title,
-    subtitle,
+    subtitle: input.circuitsOnly ? `${subtitle} · only the circuits' nodes and links (${shown.length} of ${routers.length} routers)` : subtitle,
     operators: opNames.map((o) => ({
       name: o,
       ...(desc.get(o) ? { description: desc.get(o)! } : {}),
       colour: opColour.get(o)!,
       routers: routers.filter((r) => r.operator === o).length,
     })),
-    clients: [...net.clients.values()].sort((a, b) => a.index - b.index).map((c) => ({ id: c.name, name: c.name, addr: formatIPv4(c.underlay.addr) })),
-    routers: routers.map((r: RouterNode) => ({
+    clients: [...net.clients.values()]
+      .filter((c) => keep(c.name))
+      .sort((a, b) => a.index - b.index)
+      .map((c) => ({ id: c.name, name: c.name, addr: formatIPv4(c.underlay.addr) })),
+    routers: shown.map((r: RouterNode) => ({
       id: r.name,
       name: r.name,
       operator: r.operator,
@@ -150,9 +162,9 @@ export function graphModel(input: GraphInput): GraphModel {
       ...(r.exit ? { exit: { addr: formatIPv4(r.exit.addr), iface: r.exit.iface.name } } : {}),
     })),
     destinations: [...destIds].map(([label, id]) => ({ id, label })),
-    links: net.links.map(([a, b]) => ({ a, b, used: used.has([a, b].sort().join('~')) })),
+    links: net.links.map(([a, b]) => ({ a, b, used: used.has([a, b].sort().join('~')) })).filter((l) => !input.circuitsOnly || l.used),
     circuits,
-    columns: columnsOf(net, [...destIds.values()]),
+    columns: columnsOf(net, [...destIds.values()]).map((col) => col.filter((n) => n.startsWith('dst:') || keep(n))).filter((col) => col.length > 0),
   };
 }
 

@@ -153,3 +153,34 @@ describe('graph: the format from --out, and a note when the paths are not saved 
     expect(notes).toEqual([expect.stringMatching(/^no state file .*: the circuits drawn are the paths --seed 1 chooses, not what any router has/)]);
   });
 });
+
+describe('graph --circuits-only', () => {
+  test('large.yaml: only the circuits\' clients, routers and links; each circuit keeps its own edges where paths share a link', async () => {
+    const input = inputOf(example('large.yaml'));
+    const all = graphModel(input);
+    const only = graphModel({ ...input, circuitsOnly: true });
+    const onPath = new Set(Object.values(input.state.circuits).flatMap((c) => [c.client, ...c.hops]));
+    expect(only.routers.map((r) => r.name).sort()).toEqual(all.routers.map((r) => r.name).filter((n) => onPath.has(n)).sort());
+    expect(only.routers.length).toBeLessThan(all.routers.length);
+    expect(only.links.every((l) => l.used)).toBe(true);
+    expect(only.links.length).toBe(all.links.filter((l) => l.used).length);
+    expect(only.circuits).toEqual(all.circuits);
+    expect(only.subtitle).toMatch(/only the circuits' nodes and links \(\d+ of 12 routers\)/);
+    for (const col of only.columns) for (const n of col) expect(n.startsWith('dst:') || onPath.has(n)).toBe(true);
+    // a link two circuits share is drawn once per circuit, each in its circuit's colour
+    const dot = toDot({ ...input, circuitsOnly: true });
+    const pairs = new Map<string, Set<string>>();
+    for (const c of only.circuits) for (let i = 0; i + 1 < c.path.length; i++) {
+      const k = `${c.path[i]}>${c.path[i + 1]}`;
+      pairs.set(k, (pairs.get(k) ?? new Set()).add(c.colour));
+    }
+    for (const [k, colours] of pairs) {
+      const [a, b] = k.split('>');
+      const drawn = dot.split('\n').filter((l) => l.trim().startsWith(`"${a}" -> "${b}" [color=`));
+      expect(new Set(drawn.map((l) => /color="([^"]+)"/.exec(l)![1]))).toEqual(colours);
+    }
+    // and Graphviz draws it
+    const svg = await renderDot(dot, 'svg');
+    expect(svg.toString('utf8')).toMatch(/^<\?xml|<svg/);
+  });
+});
