@@ -47,7 +47,7 @@ import { ctlPaths, labDir, readPointer, readRecord, type LabRecord } from '../sr
 import { attachGuest } from '../src/lab/uml.js';
 import { applyTopology } from './apply-topology.js';
 import { validateGenerated } from './gen-topology.js';
-import { binPath, loadavg, log, runIfMain, stat, type Stat } from './common.js';
+import { binPath, exitOnSignals, loadavg, log, runIfMain, stat, type Stat } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // pure helpers
@@ -813,12 +813,7 @@ async function main(): Promise<number> {
       }
       await fs.rm(secrets, { recursive: true, force: true });
     })());
-  const onSignal = (sig: NodeJS.Signals) => {
-    log(`${sig}: stopping`);
-    void down().then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const dispose = exitOnSignals(down);
 
   const results: SizeResult[] = [];
   const saved = new Map<string, SizeResult>();
@@ -859,8 +854,7 @@ async function main(): Promise<number> {
     return 0;
   } finally {
     await down();
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    dispose();
   }
 }
 

@@ -89,20 +89,20 @@ export function labTeardown(topo: string, tmp: string): { down(): Promise<void>;
       if (code !== 0) log(`onionctl lab down exited ${code}; check ip netns list and ${labDir('*')}`);
       await fs.rm(tmp, { recursive: true, force: true });
     })());
+  return { down, stopping: () => downP !== undefined, dispose: exitOnSignals(down) };
+}
+
+/** SIGINT and SIGTERM run `down`, then exit 130 / 143; the returned function removes the handlers. */
+export function exitOnSignals(down: () => Promise<void>): () => void {
   const onSignal = (sig: NodeJS.Signals) => {
     log(`${sig}: stopping`);
     void down().then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  return {
-    down,
-    /** true once a teardown started (a signal): stop measuring */
-    stopping: () => downP !== undefined,
-    dispose() {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    },
+  return () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
   };
 }
 

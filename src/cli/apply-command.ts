@@ -15,7 +15,7 @@ import { computePlan } from '../plan/plan.js';
 import { Sessions, sshConnector, type Connector } from '../remote/fleet.js';
 import { describeEvent, emptyState, type State } from '../state/model.js';
 import { checkPlannedState } from '../state/check.js';
-import { makeSavedPlan, MAX_SAVED_PLAN_BYTES, openPlan, planInputsMoved, SavedPlanError, sealPlan, staleNodes, stateDelta, type SavedPlan } from '../plan/planfile.js';
+import { makeSavedPlan, planInputsMoved, sealPlan, staleNodes, stateDelta, type SavedPlan } from '../plan/planfile.js';
 import { escapeControl } from '../util/text.js';
 import { behindMark, pushedBefore } from '../state/high-water.js';
 import { allSas, expireRetiring, rekeySaInPlace, rotateCircuits, type SaRef } from '../state/reconcile.js';
@@ -25,7 +25,7 @@ import { topologyNodes, type Net } from '../topology/net.js';
 import { packageVersion, writeFileAtomic } from '../util/files.js';
 import { loadTemplates } from '../store/files.js';
 import { UserError } from '../util/errors.js';
-import { defaultPaths, highWater, openKeys, planKey, readState, readTopology, saveStateMarked, type BehindMode, type LoadedKeys, type Paths } from './context.js';
+import { defaultPaths, highWater, openKeys, planKey, readState, readTopology, saveStateMarked, type BehindMode, type LoadedKeys, type Paths, openPlanText, readPlanText } from './context.js';
 import { cliProgress } from './progress.js';
 import { colourPlan, note } from './output.js';
 import { fleetOptions, type SshCliOptions } from './ssh-options.js';
@@ -157,22 +157,7 @@ function planFile(l: Loaded, live: LivePlan, now: Date): SavedPlan {
 export const DEFAULT_MAX_PLAN_AGE_MS = 24 * 3600 * 1000;
 
 async function readPlanFile(file: string, key: Buffer, maxAgeMs: number, now: Date): Promise<SavedPlan> {
-  let text: string;
-  try {
-    const st = await fs.stat(file);
-    if (!st.isFile()) throw new UserError(`plan ${file} is not a regular file`);
-    if (st.size > MAX_SAVED_PLAN_BYTES) throw new UserError(`plan ${file} is larger than any plan onionctl writes`);
-    text = await fs.readFile(file, 'utf8');
-  } catch (e) {
-    if (e instanceof UserError) throw e;
-    throw new UserError(`cannot read plan ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
-  try {
-    return openPlan(text, key, { now, maxAgeMs });
-  } catch (e) {
-    if (e instanceof SavedPlanError) throw new UserError(`plan ${file} ${e.message}`);
-    throw e;
-  }
+  return openPlanText(file, await readPlanText(file), key, { now, maxAgeMs });
 }
 
 // ------------------------------------------------------------------------------------------

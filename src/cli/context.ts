@@ -12,7 +12,7 @@ import type { State } from '../state/model.js';
 import { writeFileAtomic } from '../util/files.js';
 import { loadHighWater, loadKeyStore, loadOrCreateSecret, loadState, saveHighWater, saveState } from '../store/files.js';
 import { UserError } from '../util/errors.js';
-import { planMacKey } from '../plan/planfile.js';
+import { MAX_SAVED_PLAN_BYTES, openPlan, planMacKey, SavedPlanError, type SavedPlan } from '../plan/planfile.js';
 import { behindMark, raiseMark, resumeBehind, type HighWater } from '../state/high-water.js';
 
 /** a topology of 10,000 routers is a few MiB */
@@ -57,7 +57,8 @@ export function defaultPaths(topology: string, o: { state?: string; secret?: str
   };
 }
 
-export async function readTopology(file: string): Promise<{ topology: Topology; net: Net }> {
+/** A topology file's text, bounded and checked to be text (no YAML parsing yet). */
+export async function readTopologyText(file: string): Promise<string> {
   let text: string;
   try {
     const st = await fs.stat(file);
@@ -69,6 +70,11 @@ export async function readTopology(file: string): Promise<{ topology: Topology; 
     throw new UserError(`cannot read topology ${file}: ${fsReason(e)}`, { cause: e });
   }
   if (text.includes('\0')) throw new UserError(`topology ${file} is not a text file (it holds NUL bytes)`);
+  return text;
+}
+
+export async function readTopology(file: string): Promise<{ topology: Topology; net: Net }> {
+  const text = await readTopologyText(file);
   const { topology } = parseBuildableTopology(text, file);
   return { topology, net: buildNet(topology) };
 }
@@ -142,4 +148,27 @@ export async function openKeys(net: Net, state: State, p: Paths): Promise<Loaded
     async persist() {},
     ...(created ? { note: `created key secret ${p.secret} (mode 0600); keep it with the state file and out of version control` } : {}),
   };
+}
+
+/** A saved plan's text, before anything in it is trusted: a regular file, no bigger than any plan onionctl writes. */
+export async function readPlanText(file: string): Promise<string> {
+  try {
+    const st = await fs.stat(file);
+    if (!st.isFile()) throw new UserError(`plan ${file} is not a regular file`);
+    if (st.size > MAX_SAVED_PLAN_BYTES) throw new UserError(`plan ${file} is larger than any plan onionctl writes`);
+    return await fs.readFile(file, 'utf8');
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`cannot read plan ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+}
+
+/** openPlan on a file's text, its refusal reported as the user's error naming the file. */
+export function openPlanText(file: string, text: string, key: Buffer, o: { now: Date; maxAgeMs: number }): SavedPlan {
+  try {
+    return openPlan(text, key, o);
+  } catch (e) {
+    if (e instanceof SavedPlanError) throw new UserError(`plan ${file} ${e.message}`);
+    throw e;
+  }
 }

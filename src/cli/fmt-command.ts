@@ -2,26 +2,19 @@
 import { promises as fs } from 'node:fs';
 import { formatTopologyText } from '../topology/format.js';
 import { UserError } from '../util/errors.js';
-import { MAX_TOPOLOGY_BYTES } from './context.js';
+import { readTopologyText } from './context.js';
 import { writeFileAtomic } from '../util/files.js';
 
 export async function fmtCommand(files: string[], opts: { check?: boolean }): Promise<number> {
   const todo: { file: string; text: string; mode: number }[] = [];
   // every file is read and formatted before any is written: one bad file changes none
   for (const file of files) {
-    let st;
-    let text: string;
-    try {
-      st = await fs.stat(file);
-      if (!st.isFile()) throw new UserError(`${file} is not a regular file`);
-      if (st.size > MAX_TOPOLOGY_BYTES) throw new UserError(`${file} is larger than any topology onionctl reads`);
-      text = await fs.readFile(file, 'utf8');
-    } catch (e) {
-      if (e instanceof UserError) throw e;
-      throw new UserError(`cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-    }
+    // rewritten in place: only a regular file (readTopologyText also reads a pipe)
+    const st = await fs.stat(file).catch(() => undefined);
+    if (st && !st.isFile()) throw new UserError(`${file} is not a regular file`);
+    const text = await readTopologyText(file);
     const out = formatTopologyText(text, file);
-    if (out !== text) todo.push({ file, text: out, mode: st.mode & 0o777 });
+    if (out !== text) todo.push({ file, text: out, mode: st!.mode & 0o777 });
   }
   if (opts.check) {
     for (const t of todo) process.stdout.write(`${t.file}\n`);

@@ -4,14 +4,13 @@
  * authentic (its MAC checks out under the key secret: by default the one beside the topology the
  * plan names); its age is shown, never a reason to refuse: show changes nothing.
  */
-import { promises as fs } from 'node:fs';
 import { countsLine } from '../diff/summary.js';
-import { MAX_SAVED_PLAN_BYTES, openPlan, planMacKey, SavedPlanError, SAVED_PLAN_FORMAT, type SavedPlan } from '../plan/planfile.js';
+import { planMacKey, SAVED_PLAN_FORMAT, type SavedPlan } from '../plan/planfile.js';
 import { loadSecret } from '../store/files.js';
 import { UserError } from '../util/errors.js';
 import { parseJson } from '../util/json.js';
 import { escapeControl } from '../util/text.js';
-import { defaultPaths } from './context.js';
+import { defaultPaths, openPlanText, readPlanText } from './context.js';
 
 export interface ShowOpts {
   secret?: string;
@@ -57,16 +56,7 @@ export function formatSavedPlan(file: string, p: SavedPlan, now: Date): string {
 }
 
 export async function showCommand(file: string, opts: ShowOpts, now: Date = new Date()): Promise<{ stdout: string }> {
-  let text: string;
-  try {
-    const st = await fs.stat(file);
-    if (!st.isFile()) throw new UserError(`plan ${file} is not a regular file`);
-    if (st.size > MAX_SAVED_PLAN_BYTES) throw new UserError(`plan ${file} is larger than any plan onionctl writes`);
-    text = await fs.readFile(file, 'utf8');
-  } catch (e) {
-    if (e instanceof UserError) throw e;
-    throw new UserError(`cannot read plan ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-  }
+  const text = await readPlanText(file);
   // where the key secret is, by default: beside the topology the plan names (a hint only: the MAC decides)
   let secretPath = opts.secret;
   if (secretPath === undefined) {
@@ -81,13 +71,7 @@ export async function showCommand(file: string, opts: ShowOpts, now: Date = new 
   }
   const secret = await loadSecret(secretPath);
   if (!secret) throw new UserError(`cannot check plan ${file}: no key secret ${secretPath} (give --secret FILE, the secret of the topology it was made for)`);
-  let plan: SavedPlan;
-  try {
-    plan = openPlan(text, planMacKey(secret), { now, maxAgeMs: Number.POSITIVE_INFINITY });
-  } catch (e) {
-    if (e instanceof SavedPlanError) throw new UserError(`plan ${file} ${e.message}`);
-    throw e;
-  }
+  const plan = openPlanText(file, text, planMacKey(secret), { now, maxAgeMs: Number.POSITIVE_INFINITY });
   if (opts.json) return { stdout: JSON.stringify({ format: SAVED_PLAN_FORMAT, authentic: true, plan }, null, 2) + '\n' };
   return { stdout: formatSavedPlan(file, plan, now) };
 }

@@ -42,7 +42,11 @@ function smallPools(net: Net): SemanticIssue[] {
       const exits = [...net.routers.values()].filter((r) => exitAdmits(r, c.to, c.traffic));
       if (exits.length === 1) forced.add(exits[0]!.name);
     }
-    for (const r of forced) need.set(r, [...(need.get(r) ?? []), c.name]);
+    for (const r of forced) {
+      const list = need.get(r);
+      if (list) list.push(c.name);
+      else need.set(r, [c.name]);
+    }
   }
   const issues: SemanticIssue[] = [];
   for (const [name, circuits] of need) {

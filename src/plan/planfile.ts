@@ -46,7 +46,7 @@ const ConflictSchema = z.strictObject({ kind: z.enum(['state', 'policy', 'route'
 const RekeySchema = z.strictObject({ sa: text(400), reason: text(1000), oldSpi: Uint32, newSpi: Uint32 });
 export type SavedRekey = z.infer<typeof RekeySchema>;
 
-const Counts = z.strictObject({ add: z.number().int().min(0), change: z.number().int().min(0), destroy: z.number().int().min(0) }) satisfies z.ZodType<Counts>;
+const CountsSchema = z.strictObject({ add: z.number().int().min(0), change: z.number().int().min(0), destroy: z.number().int().min(0) }) satisfies z.ZodType<Counts>;
 
 export const SavedPlanSchema = z.strictObject({
   created: text(64),
@@ -54,7 +54,7 @@ export const SavedPlanSchema = z.strictObject({
   stateBefore: z.strictObject({ path: text(4096), sha256: z.string().regex(/^[0-9a-f]{64}$/).nullable() }),
   state: StateSchema,
   rekeys: z.array(RekeySchema),
-  summary: Counts,
+  summary: CountsSchema,
   nodes: z.array(
     z.strictObject({
       node: text(256),
