@@ -4,11 +4,11 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import ssh2 from 'ssh2';
+import { generateEd25519 } from '../../src/lab/run.js';
 import { fingerprintSha256, hostField, hostsMatch, keyTypeOf, parseKnownHosts, parsePinnedKey, verifyHostKey } from '../../src/remote/known-hosts.js';
 
-const keyA = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'a' }).public; // "ssh-ed25519 AAAA... a"
-const keyB = ssh2.utils.generateKeyPairSync('ed25519', { comment: 'b' }).public;
+const keyA = generateEd25519('a').public; // "ssh-ed25519 AAAA... a"
+const keyB = generateEd25519('b').public;
 const blob = (pub: string) => Buffer.from(pub.split(' ')[1]!, 'base64');
 const hashed = (name: string) => {
   const salt = randomBytes(20);
