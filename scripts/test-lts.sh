@@ -18,5 +18,5 @@ for v in $VERSIONS; do
     rm -rf "$tmp"
   fi
   echo "test-lts: unit tests on Node $("$bin" --version)" >&2
-  "$bin" --experimental-vm-modules node_modules/jest/bin/jest.js --testPathIgnorePatterns /test/lab/ /test/kernel/
+  "$bin" --experimental-vm-modules node_modules/jest/bin/jest.js ${ONIONCTL_LTS_WORKERS:+--maxWorkers=$ONIONCTL_LTS_WORKERS} --testPathIgnorePatterns /test/lab/ /test/kernel/
 done
