@@ -12,7 +12,7 @@
  * Keys never leave this module except towards an apply script (0600) or the kernel; plans and
  * diffable files show `fingerprint(key)`.
  */
-import { createHash, createSecretKey, hkdfSync, type KeyObject } from 'node:crypto';
+import { createSecretKey, hash, hkdfSync, type KeyObject } from 'node:crypto';
 
 export interface SaKeyId {
   /** stable identity, e.g. link:or1>or2 or circuit:web:g1:hop2:fwd */
@@ -48,8 +48,11 @@ export class KdfKeySource implements KeySource {
 
 /** A short, one-way tag for a key: enough to see in a diff that a key changed, useless to an attacker. */
 export function fingerprint(key: Buffer): string {
-  return createHash('sha256').update('onionctl/key-fingerprint/v1\0').update(key).digest('hex').slice(0, 12);
+  // one-shot crypto.hash: a plan renders a fingerprint per SA end, and a Hash object per call
+  // (create, two updates, digest) cost three times as much
+  return hash('sha256', Buffer.concat([FP_PREFIX, key]), 'hex').slice(0, 12);
 }
+const FP_PREFIX = Buffer.from('onionctl/key-fingerprint/v1\0');
 
 /** The key store's name for an SA epoch's key: a new nonce is a new entry, hence a new key. */
 export function keyStoreId(sa: SaKeyId): string {

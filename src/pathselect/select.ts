@@ -52,6 +52,13 @@ interface Walk {
   hops: RouterNode[];
 }
 
+/**
+ * Sorted neighbour lists per Net. A Net is not changed after buildNet, and planning makes one
+ * PathSpace per circuit: sorting each router's neighbours again for every circuit was a fifth of
+ * path selection.
+ */
+const neighbourCache = new WeakMap<Net, Map<string, RouterNode[]>>();
+
 /** A compiled, reusable eligibility walker over one network and one set of constraints. */
 export class PathSpace {
   /**
@@ -60,13 +67,17 @@ export class PathSpace {
    * (one PathSpace per circuit) O(routers x circuits).
    */
   private readonly exitMemo = new Map<string, boolean>();
-  private readonly neighbours = new Map<string, RouterNode[]>();
+  /** each router's neighbours in index order, shared by every PathSpace over the same Net */
+  private readonly neighbours: Map<string, RouterNode[]>;
   private readonly entryRouters: RouterNode[];
 
   constructor(
     private readonly net: Net,
     private readonly c: Constraints,
   ) {
+    let nb = neighbourCache.get(net);
+    if (!nb) neighbourCache.set(net, (nb = new Map()));
+    this.neighbours = nb;
     this.entryRouters = [...new Set(c.entries)]
       .map((e) => net.routers.get(e))
       .filter((r): r is RouterNode => r !== undefined)
@@ -136,15 +147,28 @@ export class PathSpace {
   count(cap = Number.MAX_SAFE_INTEGER): number {
     const w = this.newWalk();
     let n = 0;
+    const perEntry: number[] = [];
     for (const e of this.entryRouters) {
-      if (!this.fits(w, e)) continue;
-      this.push(w, e);
-      n += this.countFrom(w, e, 1, cap - n);
-      this.pop(w, e);
+      let m = 0;
+      if (this.fits(w, e)) {
+        this.push(w, e);
+        m = this.countFrom(w, e, 1, cap - n);
+        this.pop(w, e);
+      }
+      perEntry.push(m);
+      n += m;
       if (n >= cap) break;
     }
+    if (n < cap) this.entryCounts = perEntry;
     return n;
   }
+
+  /**
+   * The number of eligible paths through each entry router, kept by a count() that was not cut
+   * short: nth() then skips whole entries without walking them again, so drawing a path costs
+   * one count plus the walk below one entry, not two counts.
+   */
+  private entryCounts: number[] | undefined;
 
   /** The r-th eligible path in the walker's canonical order. */
   nth(r: number): string[] | undefined {
@@ -152,11 +176,17 @@ export class PathSpace {
     const path: RouterNode[] = [];
     const go = (at: RouterNode | undefined, depth: number): boolean => {
       const candidates = at === undefined ? this.entryRouters : this.nbrs(at.name);
-      for (const next of candidates) {
+      for (let ci = 0; ci < candidates.length; ci++) {
+        const next = candidates[ci]!;
+        const known = at === undefined ? this.entryCounts?.[ci] : undefined;
+        if (known !== undefined && r >= known) {
+          r -= known;
+          continue;
+        }
         if (!this.fits(w, next)) continue;
         this.push(w, next);
         path.push(next);
-        const n = depth + 1 === this.c.k ? (this.exitOk(next.name) ? 1 : 0) : this.countFrom(w, next, depth + 1, Number.MAX_SAFE_INTEGER);
+        const n = known ?? (depth + 1 === this.c.k ? (this.exitOk(next.name) ? 1 : 0) : this.countFrom(w, next, depth + 1, Number.MAX_SAFE_INTEGER));
         if (r < n) {
           if (depth + 1 === this.c.k || go(next, depth + 1)) return true;
         }

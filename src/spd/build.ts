@@ -121,11 +121,20 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
     install({ rec: l.ab, src: addrOf(l.a), dst: addrOf(l.b), id: formatSaId({ kind: 'overlay', from: l.a, to: l.b }), comment: `overlay ${l.a}->${l.b}`, kind: 'overlay', ...pad }, l.a, l.b);
     install({ rec: l.ba, src: addrOf(l.b), dst: addrOf(l.a), id: formatSaId({ kind: 'overlay', from: l.b, to: l.a }), comment: `overlay ${l.b}->${l.a}`, kind: 'overlay', ...pad }, l.a, l.b);
   }
-  const overlay = (from: string, to: string): Sa => {
-    const l = state.links[linkKey(from, to)];
-    if (!l) throw new Error(`no overlay link ${from} - ${to} in the state`);
-    const rec = l.a === from ? l.ab : l.ba;
-    return { rec, src: addrOf(from), dst: addrOf(to), id: formatSaId({ kind: 'overlay', from, to }), comment: `overlay ${from}->${to}`, kind: 'overlay' };
+  // the overlay SA's template, once per direction of a link (a circuit names each several times)
+  const overlayTmpls = new Map<string, Map<string, XfrmTmpl>>();
+  const overlay = (from: string, to: string): XfrmTmpl => {
+    let byTo = overlayTmpls.get(from);
+    if (!byTo) overlayTmpls.set(from, (byTo = new Map()));
+    let t = byTo.get(to);
+    if (!t) {
+      const l = state.links[linkKey(from, to)];
+      if (!l) throw new Error(`no overlay link ${from} - ${to} in the state`);
+      const rec = l.a === from ? l.ab : l.ba;
+      t = { src: addrOf(from), dst: addrOf(to), reqid: rec.reqid };
+      byTo.set(to, t);
+    }
+    return t;
   };
 
   const routersSeen = new Set<string>();
@@ -165,8 +174,8 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
     }
     A.forEach((a, i) => cc.addresses.push({ addr: a, dev: 'lo', comment: `circuit ${def.name}: A_c${i + 1}` }));
     const entry = c.hops[0]!;
-    const outTmpls = [...tf].reverse().map(tmpl).concat(tmpl(overlay(client.name, entry)));
-    const inTmpls = [...tr].reverse().map(tmpl).concat(tmpl(overlay(entry, client.name)));
+    const outTmpls = [...tf].reverse().map(tmpl).concat(overlay(client.name, entry));
+    const inTmpls = [...tr].reverse().map(tmpl).concat(overlay(entry, client.name));
     const mtu = nestedMtu(profile, client.underlay.mtu, k + 1);
     for (const d of dests) {
       cc.policies.push(policy(ANY, d, 'out', PRIORITY_BLOCK, [], `circuit ${def.name}: fail closed`, 'block'));
@@ -188,7 +197,7 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
     // j's reverse layer, the packet is ESP from OR_j to A_cj and carries the layers removed so
     // far, listed innermost first like the final policy
     for (let j = 0; j < k; j++) {
-      const removed = [...tr.slice(0, j)].reverse().map(tmpl).concat(tmpl(overlay(entry, client.name)));
+      const removed = [...tr.slice(0, j)].reverse().map(tmpl).concat(overlay(entry, client.name));
       cc.policies.push(
         policy(hostCidr(addrOf(c.hops[j]!)), hostCidr(A[j]!), 'in', PRIORITY_NESTED, removed, `circuit ${def.name}: nested reply layer ${j + 1} (xfrm_interface check)`, 'allow', 'esp'),
       );
@@ -206,17 +215,17 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
         const next = c.hops[i + 1]!;
         const fwdSel = { src: hostCidr(A[i + 1]!), dst: hostCidr(addrOf(next)) };
         const revSel = { src: hostCidr(addrOf(next)), dst: hostCidr(A[i + 1]!) };
-        rc.policies.push(policy(fwdSel.src, fwdSel.dst, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), tmpl(overlay(prev, me))], `circuit ${def.name} hop ${i + 1}: peel own layer + overlay from ${prev}`, 'allow', 'esp'));
-        rc.policies.push(policy(fwdSel.src, fwdSel.dst, 'out', PRIORITY_CIRCUIT, [tmpl(overlay(me, next))], `circuit ${def.name} hop ${i + 1}: overlay to ${next}`, 'allow', 'esp'));
-        rc.policies.push(policy(revSel.src, revSel.dst, 'fwd', PRIORITY_CIRCUIT, [tmpl(overlay(next, me))], `circuit ${def.name} hop ${i + 1}: replies from ${next}`, 'allow', 'esp'));
-        rc.policies.push(policy(revSel.src, revSel.dst, 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), tmpl(overlay(me, prev))], `circuit ${def.name} hop ${i + 1}: add own layer + overlay to ${prev}`, 'allow', 'esp'));
+        rc.policies.push(policy(fwdSel.src, fwdSel.dst, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), overlay(prev, me)], `circuit ${def.name} hop ${i + 1}: peel own layer + overlay from ${prev}`, 'allow', 'esp'));
+        rc.policies.push(policy(fwdSel.src, fwdSel.dst, 'out', PRIORITY_CIRCUIT, [overlay(me, next)], `circuit ${def.name} hop ${i + 1}: overlay to ${next}`, 'allow', 'esp'));
+        rc.policies.push(policy(revSel.src, revSel.dst, 'fwd', PRIORITY_CIRCUIT, [overlay(next, me)], `circuit ${def.name} hop ${i + 1}: replies from ${next}`, 'allow', 'esp'));
+        rc.policies.push(policy(revSel.src, revSel.dst, 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), overlay(me, prev)], `circuit ${def.name} hop ${i + 1}: add own layer + overlay to ${prev}`, 'allow', 'esp'));
         viaPrev(A[i]!, `A_c${i + 1}`);
         viaPrev(A[i + 1]!, `A_c${i + 2}`);
         rc.firewall.forward.push(...mixFirewall(def.name, i + 1, A[i + 1]!, addrOf(next)));
       } else {
         for (const d of dests) {
-          rc.policies.push(policy(hostCidr(A[i]!), d, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), tmpl(overlay(prev, me))], `circuit ${def.name} exit: peel own layer + overlay from ${prev}`));
-          rc.policies.push(policy(d, hostCidr(A[i]!), 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), tmpl(overlay(me, prev))], `circuit ${def.name} exit: replies, own layer + overlay to ${prev}`));
+          rc.policies.push(policy(hostCidr(A[i]!), d, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), overlay(prev, me)], `circuit ${def.name} exit: peel own layer + overlay from ${prev}`));
+          rc.policies.push(policy(d, hostCidr(A[i]!), 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), overlay(me, prev)], `circuit ${def.name} exit: replies, own layer + overlay to ${prev}`));
         }
         viaPrev(A[i]!, `A_c${i + 1}`);
         const fw = exitFirewall(def.name, r, A[i]!, dests);
@@ -226,7 +235,7 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
       // intermediate packet (xfrm_interface's check): the overlay layer is off, and what is left
       // is ESP from A_ci to this mix, carrying the overlay SA it arrived on
       rc.policies.push(
-        policy(hostCidr(A[i]!), hostCidr(addrOf(me)), 'in', PRIORITY_NESTED, [tmpl(overlay(prev, me))], `circuit ${def.name} hop ${i + 1}: nested layer from ${prev} (xfrm_interface check)`, 'allow', 'esp'),
+        policy(hostCidr(A[i]!), hostCidr(addrOf(me)), 'in', PRIORITY_NESTED, [overlay(prev, me)], `circuit ${def.name} hop ${i + 1}: nested layer from ${prev} (xfrm_interface check)`, 'allow', 'esp'),
       );
     }
   }

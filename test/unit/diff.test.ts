@@ -134,11 +134,19 @@ describe('keys', () => {
     expect(one((c) => (c.states[tel]!.replayWindow = 64))).toEqual(replace([{ field: 'replay-window', from: '32', to: '64' }]));
     expect(one((c) => (c.states[ov]!.esn = false))).toEqual(replace([{ field: 'esn', from: 'true', to: 'false' }]));
     expect(one((c) => (c.states[tel]!.tfcpad = 1200))).toEqual(replace([{ field: 'tfcpad', from: '-', to: '1200' }]));
-    expect(one((c) => (c.states[tel]!.lifetime.hard.addSeconds = 86400))).toEqual(
+    expect(one((c) => {
+      // lifetimes are shared by every SA of a kind (keys/lifetimes.ts): replace, never edit in place
+      const l = c.states[tel]!.lifetime;
+      c.states[tel]!.lifetime = { ...l, hard: { ...l.hard, addSeconds: 86400 } };
+    })).toEqual(
       replace([{ field: 'lifetime', from: expect.stringContaining(' hard [bytes 274877906944, packets 4026531840, 604800s after add]') as unknown as string, to: expect.stringContaining(' hard [bytes 274877906944, packets 4026531840, 86400s after add]') as unknown as string }]),
     );
     // lifetimes are printed by `ip -s` only: read without it, they are not compared
-    expect(one((c) => (c.states[tel]!.lifetime.hard.addSeconds = 86400), '')).toEqual([]);
+    expect(one((c) => {
+      // lifetimes are shared by every SA of a kind (keys/lifetimes.ts): replace, never edit in place
+      const l = c.states[tel]!.lifetime;
+      c.states[tel]!.lifetime = { ...l, hard: { ...l.hard, addSeconds: 86400 } };
+    }, '')).toEqual([]);
   });
 });
 
