@@ -150,7 +150,9 @@ export function stageSteps(stage: Stage, desired: NodeConfig, changes: readonly 
   const ordered = orderChanges(changes);
   const own = ctx.own ?? (() => false);
   // old addresses of this node count as its own too (an SA being drained may use one)
-  const ownOrObserved = (a: number) => own(a) || changes.some((c) => c.kind === 'address' && c.op === 'remove' && c.observed.addr === a);
+  const leaving = new Set<number>();
+  for (const c of changes) if (c.kind === 'address' && c.op === 'remove') leaving.add(c.observed.addr);
+  const ownOrObserved = (a: number) => own(a) || leaving.has(a);
   const mine = ordered.filter((c) => stageOf(c, ownOrObserved) === stage);
   const steps: Step[] = [];
   const ipt = ctx.iptables ?? { save: 'iptables-save', restore: 'iptables-restore' };

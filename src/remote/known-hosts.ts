@@ -42,8 +42,21 @@ export function hostField(host: string, port: number): string {
   return port === 22 ? host : `[${host}]:${port}`;
 }
 
+/**
+ * known_hosts patterns compiled once: each connection checks every entry of the file, so a fleet
+ * of 1,000 routers with a line each compiled a million regular expressions. Bounded, since the
+ * patterns come from files.
+ */
+const compiled = new Map<string, RegExp>();
+const COMPILED_MAX = 100_000;
+
 function globMatch(pattern: string, s: string): boolean {
-  const re = new RegExp(
+  // a pattern without wildcards (the usual line) is a case-insensitive name
+  if (!pattern.includes('*') && !pattern.includes('?')) return pattern.length === s.length && pattern.toLowerCase() === s.toLowerCase();
+  let re = compiled.get(pattern);
+  if (re) return re.test(s);
+  if (compiled.size >= COMPILED_MAX) compiled.clear();
+  re = new RegExp(
     '^' +
       pattern
         .split('')
@@ -52,6 +65,7 @@ function globMatch(pattern: string, s: string): boolean {
       '$',
     'i',
   );
+  compiled.set(pattern, re);
   return re.test(s);
 }
 

@@ -638,6 +638,13 @@ describe('rotateCircuits', () => {
     for (const id of ids) expect(id).toMatch(new RegExp(`^circuit:web:g${old.generation + 1}:hop[1-3]:(fwd|rev)$`));
     expect(saRefOfId(r.state, formatSaId({ kind: 'telescope', circuit: 'web', generation: old.generation, hop: 1, dir: 'fwd' }))).toBeUndefined();
     expect(saRefOfId(r.state, formatSaId({ kind: 'telescope', circuit: 'web', generation: c.generation, hop: 1, dir: 'fwd' }))).toEqual({ circuit: 'web', hop: 1, dir: 'fwd' });
+    // every overlay SA id names its link and direction, both ways round; an unknown link none
+    for (const [k, l] of Object.entries(r.state.links)) {
+      expect(saRefOfId(r.state, formatSaId({ kind: 'overlay', from: l.a, to: l.b }))).toEqual({ link: k, dir: 'ab' });
+      expect(saRefOfId(r.state, formatSaId({ kind: 'overlay', from: l.b, to: l.a }))).toEqual({ link: k, dir: 'ba' });
+    }
+    expect(saRefOfId(r.state, formatSaId({ kind: 'overlay', from: 'nobody', to: 'or1' }))).toBeUndefined();
+    expect(saRefOfId(r.state, 'link:constructor>prototype')).toBeUndefined();
     // links untouched; one event
     expect(JSON.stringify(r.state.links)).toBe(JSON.stringify(s1.links));
     expect(r.events).toEqual([expect.objectContaining({ kind: 'circuit-repathed', circuit: 'web', hops: c.hops, from: old.hops, reason: expect.stringMatching(/^rotated/) })]);
