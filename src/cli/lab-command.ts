@@ -46,6 +46,8 @@ export interface LabOpts {
   kernel?: string;
   /** up/demo: load xfrm_interface in the lab kernel, as route-based VPNs do on real routers */
   xfrmInterface?: boolean;
+  /** up/demo: the UML guest's memory in MiB (default 512) */
+  guestMemory?: number;
 }
 
 /** Where scripts/uml-kernel.sh leaves the kernel it built (its cache, see that script). */
@@ -241,6 +243,7 @@ async function up(topology: string, opts: LabOpts): Promise<LabRecord> {
         extraArgs: [`eth0=tuntap,${rec.tap}`],
         ...(binary ? { umlBinary: binary } : {}),
         ...(o.xfrmInterface ? { extraModules: ['xfrm_interface'] } : {}),
+        ...(o.guestMemory !== undefined ? { memMB: o.guestMemory } : {}),
       });
       checkInterrupted();
       log(`guest booted (kernel ${g.info.kernel}, ${g.info.modules.length} modules)`);

@@ -25,6 +25,11 @@ function seedArg(v: string): string {
   return v;
 }
 
+function guestMemoryArg(v: string): number {
+  if (!/^\d{2,6}$/.test(v) || Number(v) < 64 || Number(v) > 65536) throw new InvalidArgumentError('memory in MiB, 64 to 65536');
+  return Number(v);
+}
+
 export function buildProgram(): Command {
   const program = new Command();
   program
@@ -217,9 +222,10 @@ function addLabCommands(program: Command): void {
     if (builds) {
       c.option('--kernel <path>', 'the User-Mode Linux kernel to boot, or "6.12" for the one scripts/uml-kernel.sh built (default: $ONIONCTL_UML, else linux.uml)');
       c.option('--xfrm-interface', 'load xfrm_interface in the lab kernel (as route-based VPNs do on real routers), which makes newer kernels check nested ESP against dir-in policies');
+      c.option('--guest-memory <MiB>', 'memory of the User-Mode Linux guest that holds every node (default 512; each SA takes a few KiB of kernel memory, so tens of thousands of circuits need more)', guestMemoryArg);
     }
     c.addOption(new Option('--inner', 'internal: the step that runs inside the lab\'s controller namespace').hideHelp())
-      .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean; kernel?: string; xfrmInterface?: boolean }) => {
+      .action(async (topology: string, opts: { seed?: string; json?: boolean; inner?: boolean; kernel?: string; xfrmInterface?: boolean; guestMemory?: number }) => {
         process.exitCode = await (await import('./lab-command.js')).labCommand(sub as LabSub, topology, opts);
       });
   }

@@ -161,6 +161,8 @@ export class SshTransport implements Transport {
         let size = 0;
         let errSize = 0;
         let code: number | undefined;
+        /** the signal that ended the command (sshd's exit-signal), e.g. KILL from the OOM killer */
+        let signal: string | undefined;
         let failed = false;
         const fail = (e: TransportError) => {
           if (failed) return;
@@ -187,15 +189,18 @@ export class SshTransport implements Transport {
             errSize += d.length;
           }
         });
-        stream.on('exit', (c: number | null) => {
+        stream.on('exit', (c: number | null, sig?: string) => {
           code = c ?? 255;
+          if (c === null && typeof sig === 'string') signal = sig.slice(0, 32);
         });
         stream.on('error', (e: Error) => fail(new TransportError(this.target.node, `${this.label}: ${escapeControl(e.message)}`, { cause: e })));
         stream.on('close', () => {
           if (failed) return;
           clearTimeout(timer);
           // stderr is only shown to the operator: escaped once, here, for every caller
-          resolve({ exitCode: code ?? 255, stdout: Buffer.concat(out).toString('utf8'), stderr: escapeControl(Buffer.concat(errb).toString('utf8'), MAX_STDERR) });
+          // a command that died of a signal prints nothing: the signal is the only message there is
+          const died = signal !== undefined ? `killed by signal ${signal} on the router (SIGKILL without a message is usually its out-of-memory killer)\n` : code === undefined ? 'the router closed the channel without an exit status\n' : '';
+          resolve({ exitCode: code ?? 255, stdout: Buffer.concat(out).toString('utf8'), stderr: escapeControl(died + Buffer.concat(errb).toString('utf8'), MAX_STDERR) });
         });
         stream.end(opts.stdin ?? '');
       });

@@ -186,6 +186,20 @@ describe('what a hostile router prints', () => {
     }
   });
 
+  test('a command killed by a signal (the OOM killer) says so; exit status 255 alone said nothing', async () => {
+    const t = await connected((st) => {
+      st.exit('KILL', false, '');
+      st.end();
+    });
+    try {
+      const r = await t.exec(['ip', '-batch', '-']);
+      expect(r.exitCode).toBe(255);
+      expect(r.stderr).toMatch(/^killed by signal SIGKILL on the router/);
+    } finally {
+      await t.close();
+    }
+  });
+
   test('a router that prints without end: that command fails once past the cap, and the controller stops reading', async () => {
     const t = await connected(printWithoutEnd, 1024 * 1024);
     try {
