@@ -295,6 +295,11 @@ async function main(): Promise<number> {
       if (stopping()) return 1;
       const ap = await applyWith(c, s.n);
       log(`N=${s.n}: apply ${ap.code === 0 ? 'ok' : `exited ${ap.code}`} in ${f(ap.seconds, 1)} s; measuring`);
+      if (ap.code !== 0) {
+        // what the lab kernel said while apply failed (the OOM killer, a netlink error)
+        const d = await host.run(['sh', '-c', 'dmesg | tail -n 12; free -m']);
+        for (const l of d.stdout.trim().split('\n')) log(`  guest: ${l}`);
+      }
       const m = await measure(c, a, s.n, s.label, ap.seconds, ap.code);
       log(`N=${s.n}: ${fs3(stat(m.MBps))} MB/s, CPU ${fs3(stat(m.cpuUsPerPacket), 1)} us/packet, RTT ${fs3(stat(m.rttMs), 3)} ms`);
       ms.push(m);

@@ -57,6 +57,8 @@ export function filterMatch(r: FilterRule): string {
   const parts = [`${net(r.src)} -> ${net(r.dst)}`, r.proto];
   if (r.ports) parts.push(`dports ${portsText(r.ports)}`);
   if (r.established) parts.push('established');
+  if (r.ipsecIn !== undefined) parts.push(`ipsec-in ${hex32(r.ipsecIn)}`);
+  if (r.ipsecOut !== undefined) parts.push(`ipsec-out ${hex32(r.ipsecOut)}`);
   parts.push(r.action);
   return parts.join(' ');
 }

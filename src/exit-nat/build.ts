@@ -4,16 +4,38 @@
  * the circuit's address is dropped. All rules live in onionctl's own chains (iptables) or its own
  * table (nftables); see render/iptables.ts and render/nft.ts.
  */
-import { cidrContains, cidrOverlaps, hostCidr, type Cidr } from '../net/addr.js';
+import { ANY, cidrContains, cidrOverlaps, hostCidr, type Cidr } from '../net/addr.js';
 import type { FilterRule, SnatRule } from '../model/config.js';
 import type { RouterNode } from '../topology/net.js';
 
-/** A mix forwards only the inner ESP packets of its circuits, both ways. */
-export function mixFirewall(circuit: string, hop: number, nextA: number, next: number): FilterRule[] {
-  return [
-    { src: hostCidr(nextA), dst: hostCidr(next), proto: 'esp', action: 'accept', comment: `circuit ${circuit} hop ${hop} forward` },
-    { src: hostCidr(next), dst: hostCidr(nextA), proto: 'esp', action: 'accept', comment: `circuit ${circuit} hop ${hop} reverse` },
-  ];
+/**
+ * A mix forwards the inner ESP packets of its circuits: what arrived through the overlay SA from
+ * one neighbour and leaves through the overlay SA to another. One rule per pair of overlay links,
+ * however many circuits use them, so a packet's cost in this chain does not grow with the
+ * circuits: the per-circuit selectors are the kernel's `fwd` policies, which are checked (hashed)
+ * before the forward hook. Exit traffic of a circuit leaves in clear, so it never matches here.
+ */
+export function mixLinkRule(from: string, to: string, inReqid: number, outReqid: number): FilterRule {
+  return { src: ANY, dst: ANY, proto: 'esp', ipsecIn: inReqid, ipsecOut: outReqid, action: 'accept', comment: `circuits ${from} -> ${to} (overlay to overlay)` };
+}
+
+/**
+ * The exit's rules per overlay link to a previous hop, around the per-circuit exit policies:
+ *   head: replies into the circuits (conntrack knows the connection and the packet leaves through
+ *         the overlay to `prev`), then the later packets of connections a circuit's exit policy
+ *         already let out (arrived through the overlay from `prev`): the per-circuit list is
+ *         walked only by the first packet of a connection;
+ *   tail: nothing else enters the circuits toward `prev`: a connection opened from outside is
+ *         dropped (before, the chain's accept policy let it through to the client).
+ */
+export function exitLinkRules(prev: string, inReqid: number, outReqid: number): { head: FilterRule[]; tail: FilterRule[] } {
+  return {
+    head: [
+      { src: ANY, dst: ANY, proto: 'any', established: true, ipsecOut: outReqid, action: 'accept', comment: `exit: replies into the circuits toward ${prev}` },
+      { src: ANY, dst: ANY, proto: 'any', established: true, ipsecIn: inReqid, action: 'accept', comment: `exit: connections the circuits from ${prev} opened` },
+    ],
+    tail: [{ src: ANY, dst: ANY, proto: 'any', ipsecOut: outReqid, action: 'drop', comment: `exit: nothing else into the circuits toward ${prev}` }],
+  };
 }
 
 export function exitFirewall(circuit: string, r: RouterNode, a: number, dests: Cidr[]): { snat: SnatRule[]; forward: FilterRule[] } {
@@ -36,10 +58,8 @@ export function exitFirewall(circuit: string, r: RouterNode, a: number, dests: C
       });
     }
   }
-  forward.push({ src, dst: { base: 0, len: 0 }, proto: 'any', action: 'drop', comment: `circuit ${circuit} exit policy: everything else` });
-  for (const d of dests) {
-    forward.push({ src: d, dst: src, proto: 'any', established: true, action: 'accept', comment: `circuit ${circuit} replies` });
-  }
+  // replies: exitLinkRules' head, one rule per link instead of one per circuit and destination
+  forward.push({ src, dst: ANY, proto: 'any', action: 'drop', comment: `circuit ${circuit} exit policy: everything else` });
   return {
     snat: [{ src, outIf: exit.iface.name, to: exit.addr, comment: `circuit ${circuit} exit SNAT` }],
     forward,

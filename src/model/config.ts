@@ -87,8 +87,12 @@ export interface FilterRule {
   dst: Cidr;
   proto: 'tcp' | 'udp' | 'icmp' | 'esp' | 'any';
   ports?: (number | string)[];
-  /** match only replies (conntrack ESTABLISHED,RELATED) */
+  /** match only packets of connections conntrack already knows (ESTABLISHED,RELATED) */
   established?: boolean;
+  /** match only packets that arrived through an SA of this reqid (iptables `-m policy --dir in`, nft `ipsec in`) */
+  ipsecIn?: number;
+  /** match only packets that leave through an SA of this reqid (`-m policy --dir out`, `ipsec out`) */
+  ipsecOut?: number;
   action: 'accept' | 'drop';
   comment: string;
 }

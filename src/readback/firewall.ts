@@ -102,6 +102,10 @@ export function iptablesFilterRule(args: string[]): FilterRule | undefined {
   let proto: FilterRule['proto'] = 'any';
   let ports: (number | string)[] | undefined;
   let established = false;
+  let ipsecIn: number | undefined;
+  let ipsecOut: number | undefined;
+  // -m policy: one --dir, --pol ipsec and --reqid each, in this order (as iptables-save prints them)
+  let pol: { dir?: 'in' | 'out'; ipsec?: boolean } | undefined;
   let action: FilterRule['action'] | undefined;
   let comment = '';
   try {
@@ -123,9 +127,36 @@ export function iptablesFilterRule(args: string[]): FilterRule | undefined {
           i++;
           break;
         case '-m':
-          if (v !== 'multiport' && v !== 'conntrack' && v !== 'comment') return undefined;
+          if (pol) return undefined; // a policy match without its reqid
+          if (v === 'policy') pol = {};
+          else if (v !== 'multiport' && v !== 'conntrack' && v !== 'comment') return undefined;
           i++;
           break;
+        case '--dir':
+          if (!pol || pol.dir || (v !== 'in' && v !== 'out')) return undefined;
+          pol.dir = v;
+          i++;
+          break;
+        case '--pol':
+          if (!pol?.dir || pol.ipsec || v !== 'ipsec') return undefined;
+          pol.ipsec = true;
+          i++;
+          break;
+        case '--reqid': {
+          if (!pol?.ipsec || !/^\d+$/.test(v ?? '')) return undefined;
+          const n = Number(v);
+          if (n > 0xffffffff) return undefined;
+          if (pol.dir === 'in') {
+            if (ipsecIn !== undefined) return undefined;
+            ipsecIn = n;
+          } else {
+            if (ipsecOut !== undefined) return undefined;
+            ipsecOut = n;
+          }
+          pol = undefined;
+          i++;
+          break;
+        }
         case '--dports':
           ports = portList(v!);
           i++;
@@ -154,8 +185,15 @@ export function iptablesFilterRule(args: string[]): FilterRule | undefined {
   } catch {
     return undefined;
   }
-  if (!action) return undefined;
-  return { src, dst, proto, ...(ports ? { ports } : {}), ...(established ? { established } : {}), action, comment };
+  if (!action || pol) return undefined;
+  return {
+    src, dst, proto,
+    ...(ports ? { ports } : {}),
+    ...(established ? { established } : {}),
+    ...(ipsecIn !== undefined ? { ipsecIn } : {}),
+    ...(ipsecOut !== undefined ? { ipsecOut } : {}),
+    action, comment,
+  };
 }
 
 /** `-s A -o IF -m comment --comment C -j SNAT --to-source X` as a SnatRule, or undefined. */
@@ -302,6 +340,8 @@ export function nftFilterRule(text: string): FilterRule | undefined {
   let proto: FilterRule['proto'] = 'any';
   let ports: (number | string)[] | undefined;
   let established = false;
+  let ipsecIn: number | undefined;
+  let ipsecOut: number | undefined;
   let action: FilterRule['action'] | undefined;
   let comment = '';
   try {
@@ -336,6 +376,17 @@ export function nftFilterRule(text: string): FilterRule | undefined {
         const s = new Set(states);
         if (s.size !== 2 || !s.has('established') || !s.has('related')) return undefined;
         established = true;
+      } else if (a === 'ipsec' && (w[i + 1] === 'in' || w[i + 1] === 'out') && w[i + 2] === 'reqid') {
+        const v = w[i + 3] ?? '';
+        if (!/^\d+$/.test(v) || Number(v) > 0xffffffff) return undefined;
+        if (w[i + 1] === 'in') {
+          if (ipsecIn !== undefined) return undefined;
+          ipsecIn = Number(v);
+        } else {
+          if (ipsecOut !== undefined) return undefined;
+          ipsecOut = Number(v);
+        }
+        i += 4;
       } else if (a === 'accept' || a === 'drop') {
         action = a;
         i++;
@@ -348,7 +399,14 @@ export function nftFilterRule(text: string): FilterRule | undefined {
     return undefined;
   }
   if (!action) return undefined;
-  return { src, dst, proto, ...(ports ? { ports } : {}), ...(established ? { established } : {}), action, comment };
+  return {
+    src, dst, proto,
+    ...(ports ? { ports } : {}),
+    ...(established ? { established } : {}),
+    ...(ipsecIn !== undefined ? { ipsecIn } : {}),
+    ...(ipsecOut !== undefined ? { ipsecOut } : {}),
+    action, comment,
+  };
 }
 
 /** `ip saddr A oifname "IF" snat [ip] to X comment "C"` as a SnatRule, or undefined. */

@@ -163,6 +163,8 @@ export function iptablesRule(chain: string, r: FilterRule): string[] {
   if (r.dst.len > 0) base.push(`-d ${formatCidr(r.dst)}`);
   if (r.proto !== 'any') base.push(`-p ${r.proto}`);
   if (r.established) base.push('-m conntrack --ctstate ESTABLISHED,RELATED');
+  if (r.ipsecIn !== undefined) base.push(`-m policy --dir in --pol ipsec --reqid ${r.ipsecIn}`);
+  if (r.ipsecOut !== undefined) base.push(`-m policy --dir out --pol ipsec --reqid ${r.ipsecOut}`);
   const tail = `-m comment --comment ${quote(r.comment)} -j ${r.action === 'accept' ? 'ACCEPT' : 'DROP'}`;
   if (r.ports && (r.proto === 'tcp' || r.proto === 'udp')) {
     return iptablesUnits(r).map((u) => `${base.join(' ')} -m multiport --dports ${u.ports!.map((p) => String(p).replace('-', ':')).join(',')} ${tail}`);
@@ -198,6 +200,8 @@ function nftRule(r: FilterRule): string {
   } else if (r.proto === 'icmp') l += 'meta l4proto icmp ';
   else if (r.proto === 'esp') l += 'meta l4proto esp ';
   if (r.established) l += 'ct state established,related ';
+  if (r.ipsecIn !== undefined) l += `ipsec in reqid ${r.ipsecIn} `;
+  if (r.ipsecOut !== undefined) l += `ipsec out reqid ${r.ipsecOut} `;
   return `${l}${r.action} comment ${quote(r.comment)}`;
 }
 

@@ -28,6 +28,7 @@ import {
   PRIORITY_BLOCK,
   PRIORITY_CIRCUIT,
   PRIORITY_NESTED,
+  type FilterRule,
   type NodeConfig,
   type XfrmPolicy,
   type XfrmState,
@@ -37,7 +38,7 @@ import { formatSaId } from '../keys/sa-id.js';
 import type { SaRecord, State } from '../state/model.js';
 import { linkKey, type Net } from '../topology/net.js';
 import { parseCidr, parseIPv4 } from '../net/addr.js';
-import { exitFirewall, mixFirewall } from '../exit-nat/build.js';
+import { exitFirewall, exitLinkRules, mixLinkRule } from '../exit-nat/build.js';
 
 interface Sa {
   rec: SaRecord;
@@ -138,6 +139,15 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
   };
 
   const routersSeen = new Set<string>();
+  // firewall rules per overlay link, not per circuit (exit-nat/build.ts): keyed for dedup, in a
+  // fixed order so that plans stay byte-identical
+  const mixLinks = new Map<string, Map<string, FilterRule>>();
+  const exitLinks = new Map<string, Map<string, { head: FilterRule[]; tail: FilterRule[] }>>();
+  const once = <T>(m: Map<string, Map<string, T>>, node: string, key: string, make: () => T) => {
+    let byKey = m.get(node);
+    if (!byKey) m.set(node, (byKey = new Map()));
+    if (!byKey.has(key)) byKey.set(key, make());
+  };
   for (const def of net.circuits) {
     const c = state.circuits[def.name];
     if (!c) throw new Error(`circuit ${def.name} has no path in the state`);
@@ -221,13 +231,15 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
         rc.policies.push(policy(revSel.src, revSel.dst, 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), overlay(me, prev)], `circuit ${def.name} hop ${i + 1}: add own layer + overlay to ${prev}`, 'allow', 'esp'));
         viaPrev(A[i]!, `A_c${i + 1}`);
         viaPrev(A[i + 1]!, `A_c${i + 2}`);
-        rc.firewall.forward.push(...mixFirewall(def.name, i + 1, A[i + 1]!, addrOf(next)));
+        once(mixLinks, me, `${prev}>${next}`, () => mixLinkRule(prev, next, overlay(prev, me).reqid, overlay(me, next).reqid));
+        once(mixLinks, me, `${next}>${prev}`, () => mixLinkRule(next, prev, overlay(next, me).reqid, overlay(me, prev).reqid));
       } else {
         for (const d of dests) {
           rc.policies.push(policy(hostCidr(A[i]!), d, 'fwd', PRIORITY_CIRCUIT, [tmpl(tf[i]!), overlay(prev, me)], `circuit ${def.name} exit: peel own layer + overlay from ${prev}`));
           rc.policies.push(policy(d, hostCidr(A[i]!), 'out', PRIORITY_CIRCUIT, [tmpl(tr[i]!), overlay(me, prev)], `circuit ${def.name} exit: replies, own layer + overlay to ${prev}`));
         }
         viaPrev(A[i]!, `A_c${i + 1}`);
+        once(exitLinks, me, prev, () => exitLinkRules(prev, overlay(prev, me).reqid, overlay(me, prev).reqid));
         const fw = exitFirewall(def.name, r, A[i]!, dests);
         rc.firewall.snat.push(...fw.snat);
         rc.firewall.forward.push(...fw.forward);
@@ -242,6 +254,9 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
 
   for (const r of net.routers.values()) {
     const rc = cfg(r.name);
+    const sorted = <T>(m: Map<string, T> | undefined): T[] => [...(m ?? new Map<string, T>()).entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
+    const exits = sorted(exitLinks.get(r.name));
+    rc.firewall.forward = [...sorted(mixLinks.get(r.name)), ...exits.flatMap((e) => e.head), ...rc.firewall.forward, ...exits.flatMap((e) => e.tail)];
     if (routersSeen.has(r.name)) {
       rc.sysctls.push({ key: 'net.ipv4.ip_forward', value: '1' });
       // loose reverse-path filtering: replies to A_ci come back on the interface that is not

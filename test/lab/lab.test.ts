@@ -15,6 +15,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { describeKernels, type LabKernel } from '../helpers/kernels.js';
+import { formatIPv4 } from '../../src/net/addr.js';
+import { DirectHost, GuestHost, type LabHost } from '../../src/lab/host.js';
+import { labDir, readRecord } from '../../src/lab/record.js';
+import { labStatePath } from '../../src/lab/run.js';
+import { attachGuest } from '../../src/lab/uml.js';
+import { loadState } from '../../src/store/files.js';
 
 const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../..');
 const bin = path.join(root, 'dist/src/cli/bin.js');
@@ -45,6 +51,41 @@ async function leftovers(id: string): Promise<string[]> {
 const isRoot = process.getuid?.() === 0;
 const maybe = isRoot ? describe : describe.skip;
 if (!isRoot) console.warn('lab tests skipped: they need root (CI runs as root)');
+
+/**
+ * What onionctl's FORWARD rules let through on the lab's real kernel (issue 13 point 2: one rule
+ * per overlay link instead of per circuit). In one script in the lab kernel:
+ *   inbound    the server opens a connection (ping) toward the circuit's A_ck through the exit:
+ *              nothing outside may reach a client (before: the exit's out policy carried it)
+ *   port       alice's circuit to a port the exit does not allow (8080): dropped, not refused
+ *   allowed    a 10 MiB fetch through the circuit
+ *   dropPolicy the routers' FORWARD policy set to DROP (a restrictive admin firewall): the fetch
+ *              and a ping still get through, on the link rules alone
+ */
+async function firewallProbes(id: string): Promise<Record<string, string>> {
+  const rec = (await readRecord(labDir(id)))!;
+  const host: LabHost = rec.mode === 'uml' ? new GuestHost(await attachGuest(rec.guestDir!)) : new DirectHost();
+  const { state } = await loadState(labStatePath(rec));
+  const c = state.circuits.web!;
+  const ns = (n: string) => rec.layout.nodes.find((x) => x.name === n)!.ns;
+  const server = rec.layout.servers[0]!;
+  const exit = rec.layout.nodes.find((x) => x.name === 'or3')!;
+  const D = formatIPv4(server.iface.addr);
+  const Ak = c.addrs[c.addrs.length - 1]!;
+  const ipt = rec.iptablesRestore.replace(/-restore$/, '');
+  const x = (n: string, cmd: string) => `nsenter --net=/run/netns/${n} ${cmd}`;
+  const script = [
+    `${x(server.ns, `ip route add ${Ak}/32 via ${formatIPv4(exit.outside!.addr)}`)}`,
+    `${x(server.ns, `ping -n -c 2 -i 0.3 -W 1 ${Ak}`)} >/dev/null 2>&1; echo "inbound $?"`,
+    `${x(ns('alice'), `curl -s -o /dev/null --connect-timeout 3 http://${D}:8080/`)}; echo "port $?"`,
+    `echo "allowed $(${x(ns('alice'), `curl -s -o /dev/null --max-time 60 -w '%{http_code}' http://${D}/10M.bin`)})"`,
+    ...['or1', 'or2', 'or3'].map((r) => x(ns(r), `${ipt} -P FORWARD DROP`)),
+    `echo "dropPolicy $(${x(ns('alice'), `curl -s -o /dev/null --max-time 60 -w '%{http_code}' http://${D}/10M.bin`)})"`,
+    `${x(ns('alice'), `ping -n -c 2 -i 0.3 -W 2 ${D}`)} >/dev/null 2>&1; echo "dropPolicyPing $?"`,
+  ];
+  const r = await host.run(['sh', '-c', script.join('\n')], { timeoutMs: 5 * MIN });
+  return Object.fromEntries(r.stdout.split('\n').filter(Boolean).map((l) => [l.split(' ')[0]!, l.split(' ').slice(1).join(' ')]));
+}
 
 interface Report {
   ok: boolean;
@@ -87,6 +128,8 @@ describeKernels('lab', (k: LabKernel) => maybe('lab', () => {
         expect(rows.filter((r) => r.point === 'alice:eth0').every((r) => r.proto === 'esp' && [r.src, r.dst].sort().join() === 'alice(real),or1')).toBe(true);
         expect(rows.filter((r) => r.point === 'server(web)').every((r) => [r.src, r.dst].sort().join() === 'dest(web),or3(outside)')).toBe(true);
         expect(report.failClosed.map((c) => c.ok)).toEqual([true, true]);
+        // ping exit 1: no reply; curl 28: timed out (dropped), where 7 would be refused by the server
+        expect(await firewallProbes(id)).toEqual({ inbound: '1', port: '28', allowed: '200', dropPolicy: '200', dropPolicyPing: '0' });
       } finally {
         const down = await onionctl(['lab', 'down', topo]);
         expect(down.exitCode).toBe(0);

@@ -305,7 +305,7 @@ describe('nftables rendering', () => {
     expect(spawnSync('nft', ['-c', '-f', broken], { encoding: 'utf8' }).status).not.toBe(0);
   });
 
-  test('rules: addresses, ports as a set, ct state for replies, comments', () => {
+  test('rules: addresses, ports as a set, ct state and ipsec reqids for the link rules, comments', () => {
     const cfg = planOf(netFromYaml(K2_YAML.replace('crypto: aes-gcm', 'crypto: aes-gcm\n  nat: nftables')), 'nft').configs.get('or2')!;
     expect(cfg.firewall.backend).toBe('nftables');
     const text = renderNft(cfg, { templates, version: 'x' });
@@ -315,7 +315,14 @@ describe('nftables rendering', () => {
     expect(text).toContain(`\t\tip saddr ${A} ip daddr 203.0.113.80 tcp dport { 80, 443, 8000-8080 } accept comment "circuit two exit policy"`);
     expect(text).toContain(`\t\tip saddr ${A} ip daddr 192.0.2.0/28 accept comment "circuit two exit policy"`);
     expect(text).toContain(`\t\tip saddr ${A} drop comment "circuit two exit policy: everything else"`);
-    expect(text).toContain(`\t\tip saddr 192.0.2.0/28 ip daddr ${A} ct state established,related accept comment "circuit two replies"`);
+    // the exit's link rules: replies and later packets first, the drop of everything else last
+    const lines = text.split('\n').filter((l) => l.startsWith('\t\t') && !l.includes(' hook '));
+    expect(lines.filter((l) => l.includes('ipsec'))).toEqual([
+      expect.stringMatching(/^\t\tct state established,related ipsec out reqid \d+ accept comment "exit: replies into the circuits toward or1"$/),
+      expect.stringMatching(/^\t\tct state established,related ipsec in reqid \d+ accept comment "exit: connections the circuits from or1 opened"$/),
+      expect.stringMatching(/^\t\tipsec out reqid \d+ drop comment "exit: nothing else into the circuits toward or1"$/),
+    ]);
+    expect(lines[lines.length - 1]).toMatch(/drop comment "exit: nothing else/);
   });
 });
 

@@ -9,7 +9,7 @@ import { KdfKeySource } from '../../src/keys/kdf.js';
 import { PROFILES, innerMtu, mssFor, nestedMtu, type CryptoProfile } from '../../src/keys/profiles.js';
 import { PRIORITY_BLOCK, PRIORITY_CIRCUIT, PRIORITY_NESTED, REPLAY_WINDOW, type NodeConfig, type XfrmPolicy, type XfrmTmpl } from '../../src/model/config.js';
 import { REPLAY_WINDOW_OVERLAY, saOptions } from '../../src/keys/lifetimes.js';
-import { formatCidr, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../../src/net/addr.js';
+import { ANY as ANY_CIDR, formatCidr, formatIPv4, parseCidr, parseIPv4, type Cidr } from '../../src/net/addr.js';
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { computePlan, type Plan } from '../../src/plan/plan.js';
 import { stateLine } from '../../src/render/render.js';
@@ -307,13 +307,30 @@ describe('SPD on examples/three-mixes.yaml', () => {
     const drop = fw.findIndex((r) => r.action === 'drop');
     expect(fw[drop]).toMatchObject({ src: parseCidr('100.64.3.1/32'), dst: { base: 0, len: 0 }, proto: 'any' });
     expect(drop).toBeGreaterThan(fw.indexOf(accepts[accepts.length - 1]!));
-    expect(fw.filter((r) => r.established)).toEqual([expect.objectContaining({ src: parseCidr('203.0.113.80/32'), dst: parseCidr('100.64.3.1/32') })]);
+    // per overlay link to the previous hop (or2): replies into the circuits and the later packets
+    // of connections already let out come first; nothing else enters the circuits (last rule)
+    const ov = (from: string, to: string) => p.state.links[[from, to].sort().join('~')]!;
+    const reqid = (from: string, to: string) => {
+      const l = ov(from, to);
+      return (l.a === from ? l.ab : l.ba).reqid;
+    };
+    expect(fw.filter((r) => r.established)).toEqual([
+      expect.objectContaining({ src: ANY_CIDR, dst: ANY_CIDR, ipsecOut: reqid('or3', 'or2'), action: 'accept' }),
+      expect.objectContaining({ src: ANY_CIDR, dst: ANY_CIDR, ipsecIn: reqid('or2', 'or3'), action: 'accept' }),
+    ]);
+    expect(fw.slice(0, 2).every((r) => r.established)).toBe(true);
+    expect(fw[fw.length - 1]).toEqual(expect.objectContaining({ src: ANY_CIDR, dst: ANY_CIDR, proto: 'any', ipsecOut: reqid('or3', 'or2'), action: 'drop' }));
+    expect(fw[fw.length - 1]!.established).toBeUndefined();
   });
 
-  test('a mix forwards only its circuits\' inner ESP packets', () => {
-    expect(p.configs.get('or1')!.firewall.forward.map((r) => `${formatCidr(r.src)} ${formatCidr(r.dst)} ${r.proto} ${r.action}`)).toEqual([
-      '100.64.2.1/32 198.51.100.12/32 esp accept',
-      '198.51.100.12/32 100.64.2.1/32 esp accept',
+  test('a mix forwards ESP from one overlay link into another, one rule per pair of links', () => {
+    const l = (a: string, b: string) => {
+      const x = p.state.links[[a, b].sort().join('~')]!;
+      return (x.a === a ? x.ab : x.ba).reqid;
+    };
+    expect(p.configs.get('or1')!.firewall.forward).toEqual([
+      { src: ANY_CIDR, dst: ANY_CIDR, proto: 'esp', ipsecIn: l('alice', 'or1'), ipsecOut: l('or1', 'or2'), action: 'accept', comment: 'circuits alice -> or2 (overlay to overlay)' },
+      { src: ANY_CIDR, dst: ANY_CIDR, proto: 'esp', ipsecIn: l('or2', 'or1'), ipsecOut: l('or1', 'alice'), action: 'accept', comment: 'circuits or2 -> alice (overlay to overlay)' },
     ]);
   });
 
@@ -546,3 +563,38 @@ describe('nested dir-in policies (what kernels with xfrm_interface check) for ev
   }
 });
 
+
+describe('firewall rules do not grow with the circuits a mix carries (issue 13 point 2)', () => {
+  // three-mixes with n more circuits of alice, each to its own 198.18.x.y (wider pools, and an
+  // exit that allows UDP there): what bench/mix-scale loads into the lab
+  const withCircuits = (n: number) => {
+    let y = readFileSync(examplePath('three-mixes.yaml'), 'utf8')
+      .replace('100.64.1.0/24', '100.100.0.0/16')
+      .replace('100.64.2.0/24', '100.101.0.0/16')
+      .replace('100.64.3.0/24', '100.102.0.0/16')
+      .replace(/(\n {10}proto: icmp\n)/, '$1        - to: 198.18.0.0/15\n          proto: udp\n');
+    for (let i = 0; i < n; i++) y += `  - name: bg${i}\n    client: alice\n    to: [198.18.${i >> 8}.${i & 255}/32]\n`;
+    return plan(netFromYaml(y), 'grow');
+  };
+  const small = withCircuits(10);
+  const big = withCircuits(300);
+  const fw = (p: Plan, n: string) => p.configs.get(n)!.firewall.forward;
+
+  test('a mix: the same rules for 11 and 301 circuits (before: two per circuit, walked by every packet)', () => {
+    for (const m of ['or1', 'or2']) {
+      expect(fw(big, m)).toHaveLength(2);
+      expect(fw(big, m).map((r) => r.comment)).toEqual(fw(small, m).map((r) => r.comment));
+      expect(fw(big, m).every((r) => r.src.len === 0 && r.dst.len === 0 && r.ipsecIn !== undefined && r.ipsecOut !== undefined)).toBe(true);
+    }
+  });
+
+  test('the exit: per circuit only what its exit policy needs for a first packet; the link rules that every later packet meets first stay 3', () => {
+    const perCircuit = (p: Plan) => fw(p, 'or3').filter((r) => r.src.len === 32);
+    // web: tcp + icmp + drop; every bg circuit: udp + drop
+    expect(perCircuit(big)).toHaveLength(3 + 300 * 2);
+    expect(fw(big, 'or3')).toHaveLength(perCircuit(big).length + 3);
+    expect(fw(big, 'or3').filter((r) => r.src.len === 0)).toEqual(fw(small, 'or3').filter((r) => r.src.len === 0));
+    // no per-circuit rule is ever met by a reply or by a later packet of a connection
+    expect(perCircuit(big).some((r) => r.established)).toBe(false);
+  });
+});
