@@ -37,6 +37,8 @@ export interface SshAuth {
   commandTimeoutMs?: number;
   /** see MAX_COMMAND_OUTPUT */
   maxOutputBytes?: number;
+  /** SSH keepalive period (default 10 s); tests shorten it */
+  keepaliveIntervalMs?: number;
 }
 
 /**
@@ -73,8 +75,20 @@ export async function loadKnownHosts(files: string[]): Promise<KnownHostEntry[]>
   return all;
 }
 
+/**
+ * Unanswered keepalives before the connection counts as dead: as many as fit in the command
+ * timeout. A router busy with a large `ip -batch` (tens of thousands of SAs) may not answer for
+ * a while; it was given 15 s (5 s x 3) and apply failed on every router of a 10,000-circuit lab
+ * with "closed the channel". A router that is really gone is still stopped by the command timeout.
+ */
+export function keepaliveCountMax(commandTimeoutMs: number, intervalMs: number): number {
+  return Math.max(3, Math.ceil(commandTimeoutMs / intervalMs));
+}
+
 export class SshTransport implements Transport {
   readonly label: string;
+  /** why the connection went away (keepalive timeout, reset), for the commands it ended */
+  private lost: string | undefined;
   private constructor(
     private readonly target: SshTarget,
     private readonly client: Client,
@@ -120,8 +134,8 @@ export class SshTransport implements Transport {
       readyTimeout: auth.connectTimeoutMs ?? 10_000,
       hostVerifier,
       algorithms: SSH_ALGORITHMS,
-      keepaliveInterval: 5_000,
-      keepaliveCountMax: 3,
+      keepaliveInterval: auth.keepaliveIntervalMs ?? 10_000,
+      keepaliveCountMax: keepaliveCountMax(auth.commandTimeoutMs ?? 120_000, auth.keepaliveIntervalMs ?? 10_000),
     };
     if (auth.identityFile) cfg.privateKey = await fs.readFile(auth.identityFile);
     else if (auth.agent ?? process.env.SSH_AUTH_SOCK) cfg.agent = auth.agent ?? process.env.SSH_AUTH_SOCK!;
@@ -143,8 +157,11 @@ export class SshTransport implements Transport {
     });
     // every error the client reports after the handshake (a reset, a protocol error) fails
     // only this router's commands, never the whole run
-    client.on('error', () => {});
-    return new SshTransport(target, client, auth.commandTimeoutMs ?? 120_000, auth.maxOutputBytes ?? MAX_COMMAND_OUTPUT);
+    const t = new SshTransport(target, client, auth.commandTimeoutMs ?? 120_000, auth.maxOutputBytes ?? MAX_COMMAND_OUTPUT);
+    client.on('error', (e: Error) => {
+      t.lost ??= escapeControl(e.message, 200);
+    });
+    return t;
   }
 
   exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
@@ -199,7 +216,14 @@ export class SshTransport implements Transport {
           clearTimeout(timer);
           // stderr is only shown to the operator: escaped once, here, for every caller
           // a command that died of a signal prints nothing: the signal is the only message there is
-          const died = signal !== undefined ? `killed by signal ${signal} on the router (SIGKILL without a message is usually its out-of-memory killer)\n` : code === undefined ? 'the router closed the channel without an exit status\n' : '';
+          const died =
+            signal !== undefined
+              ? `killed by signal ${signal} on the router (SIGKILL without a message is usually its out-of-memory killer)\n`
+              : code === undefined
+                ? this.lost
+                  ? `the connection was lost (${this.lost}) before the command ended\n`
+                  : 'the router closed the channel without an exit status\n'
+                : '';
           resolve({ exitCode: code ?? 255, stdout: Buffer.concat(out).toString('utf8'), stderr: escapeControl(died + Buffer.concat(errb).toString('utf8'), MAX_STDERR) });
         });
         stream.end(opts.stdin ?? '');

@@ -7,7 +7,7 @@
 import { afterEach, describe, expect, test } from '@jest/globals';
 import { generateKeyPairSync } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import type { AddressInfo } from 'node:net';
+import { connect, createServer, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import ssh2 from 'ssh2';
@@ -16,7 +16,7 @@ import { Sessions, type Connector } from '../../src/remote/fleet.js';
 import { parseKnownHosts } from '../../src/remote/known-hosts.js';
 import { ROOT } from '../helpers/cli.js';
 import { exampleNet } from '../helpers/net.js';
-import { SSH_ALGORITHMS, SshTransport } from '../../src/remote/ssh.js';
+import { SSH_ALGORITHMS, SshTransport, keepaliveCountMax } from '../../src/remote/ssh.js';
 import { TransportError } from '../../src/remote/transport.js';
 import { escapeControl, isTerminalSafe } from '../../src/util/text.js';
 import { generateEd25519 } from '../../src/lab/run.js';
@@ -261,5 +261,86 @@ describe('one bad router does not stop the fleet (issue 11, defect 4)', () => {
     } finally {
       await sessions.closeAll();
     }
+  });
+});
+
+describe('a router too busy to answer keepalives while a command runs', () => {
+  /**
+   * A TCP proxy in front of the SSH server that holds back every byte from the server while
+   * `hold` is on: the client's keepalives then go unanswered, as with a router whose CPU is
+   * taken by a large ip -batch.
+   */
+  async function holdingProxy(port: number): Promise<{ port: number; hold(ms: number): void }> {
+    let until = 0;
+    const srv = createServer((c) => {
+      const up = connect(port, '127.0.0.1');
+      c.on('error', () => {});
+      up.on('error', () => {});
+      c.pipe(up);
+      const queue: Buffer[] = [];
+      const flush = () => {
+        if (Date.now() < until) return void setTimeout(flush, until - Date.now());
+        for (const b of queue.splice(0)) c.write(b);
+      };
+      up.on('data', (d: Buffer) => {
+        queue.push(d);
+        flush();
+      });
+      up.on('close', () => setTimeout(() => c.destroy(), Math.max(0, until - Date.now()) + 50));
+    });
+    proxies.push(srv);
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    return { port: (srv.address() as AddressInfo).port, hold: (ms) => void (until = Date.now() + ms) };
+  }
+  const proxies: ReturnType<typeof createServer>[] = [];
+  afterEach(() => {
+    for (const p of proxies.splice(0)) p.close();
+  });
+
+  async function busyRouter(holdMs: number, commandTimeoutMs: number) {
+    const hk = ed25519();
+    let proxy: { port: number; hold(ms: number): void } | undefined;
+    const port = await server(hk.priv, undefined, (st) => {
+      // the command starts (its confirmation gets through), then runs for holdMs while nothing
+      // comes back
+      setTimeout(() => proxy!.hold(holdMs), 100);
+      setTimeout(() => {
+        st.write('done\n');
+        st.exit(0);
+        st.end();
+      }, holdMs);
+    });
+    proxy = await holdingProxy(port);
+    const f = clientFiles([`[127.0.0.1]:${proxy.port} ${hk.pubLine}`]);
+    return SshTransport.connect(target(proxy.port), { identityFile: f.identityFile, knownHosts: [f.knownHosts], commandTimeoutMs, keepaliveIntervalMs: 200 });
+  }
+
+  test('keepalives are tolerated for as long as the command timeout: silent for 2 s of a 6 s timeout, the command still ends well', async () => {
+    // before: 3 unanswered keepalives (here 0.6 s) dropped the connection, whatever the timeout
+    const t = await busyRouter(2000, 6000);
+    try {
+      const r = await t.exec(['ip', '-batch', '-'], { timeoutMs: 6000 });
+      expect({ code: r.exitCode, out: r.stdout }).toEqual({ code: 0, out: 'done\n' });
+    } finally {
+      await t.close();
+    }
+  });
+
+  test('a connection that does die mid-command says why, instead of "closed the channel"', async () => {
+    // a 0.6 s command timeout allows 3 keepalives of 0.2 s; the router is silent for 3 s
+    const t = await busyRouter(3000, 600);
+    try {
+      const r = await t.exec(['ip', '-batch', '-'], { timeoutMs: 10_000 }).catch((e: unknown) => e);
+      const text = r instanceof Error ? r.message : (r as { stderr: string }).stderr;
+      expect(text).toMatch(/the connection was lost \(.*[Kk]eepalive.*\) before the command ended/);
+    } finally {
+      await t.close().catch(() => {});
+    }
+  });
+
+  test('keepaliveCountMax: the command timeout over the interval, at least 3', () => {
+    expect(keepaliveCountMax(120_000, 10_000)).toBe(12);
+    expect(keepaliveCountMax(1_200_000, 10_000)).toBe(120);
+    expect(keepaliveCountMax(1_000, 10_000)).toBe(3);
   });
 });
