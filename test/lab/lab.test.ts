@@ -72,14 +72,18 @@ async function firewallProbes(id: string): Promise<Record<string, string>> {
   const exit = rec.layout.nodes.find((x) => x.name === 'or3')!;
   const D = formatIPv4(server.iface.addr);
   const Ak = c.addrs[c.addrs.length - 1]!;
-  const ipt = rec.iptablesRestore.replace(/-restore$/, '');
   const x = (n: string, cmd: string) => `nsenter --net=/run/netns/${n} ${cmd}`;
   const script = [
     `${x(server.ns, `ip route add ${Ak}/32 via ${formatIPv4(exit.outside!.addr)}`)}`,
     `${x(server.ns, `ping -n -c 2 -i 0.3 -W 1 ${Ak}`)} >/dev/null 2>&1; echo "inbound $?"`,
     `${x(ns('alice'), `curl -s -o /dev/null --connect-timeout 3 http://${D}:8080/`)}; echo "port $?"`,
     `echo "allowed $(${x(ns('alice'), `curl -s -o /dev/null --max-time 60 -w '%{http_code}' http://${D}/10M.bin`)})"`,
-    ...['or1', 'or2', 'or3'].map((r) => x(ns(r), `${ipt} -P FORWARD DROP`)),
+    // in the iptables variant that holds onionctl's rules (a DROP in the other one would drop
+    // everything: both run). Over SSH, /usr/sbin/iptables is nft where the kernel has nf_tables
+    // (6.12); the lab's own PATH in the guest points iptables at legacy
+    ...['or1', 'or2', 'or3'].map(
+      (r) => `if ${x(ns(r), '/usr/sbin/iptables-nft-save')} 2>/dev/null | grep -q ONIONCTL-FORWARD; then ${x(ns(r), '/usr/sbin/iptables-nft -P FORWARD DROP')}; else ${x(ns(r), '/usr/sbin/iptables-legacy -P FORWARD DROP')}; fi`,
+    ),
     `echo "dropPolicy $(${x(ns('alice'), `curl -s -o /dev/null --max-time 60 -w '%{http_code}' http://${D}/10M.bin`)})"`,
     `${x(ns('alice'), `ping -n -c 2 -i 0.3 -W 2 ${D}`)} >/dev/null 2>&1; echo "dropPolicyPing $?"`,
   ];
