@@ -255,7 +255,21 @@ async function main(): Promise<number> {
   const tmp = await fs.mkdtemp('/var/tmp/onionctl-mixscale-');
   const topo = path.join(tmp, path.basename(src));
   await fs.writeFile(topo, widenTopology(await fs.readFile(src, 'utf8')), { mode: 0o600 });
-  const { down, stopping, dispose } = labTeardown(topo, tmp);
+  // User-Mode Linux maps guest memory page by page in its host process: a router process holding
+  // tens of thousands of SAs' worth of batch input passes vm.max_map_count (65530 by default),
+  // and UML kills it ("UML ran out of memory on the host side"). Raised for the run, restored after.
+  const MAP_COUNT = '/proc/sys/vm/max_map_count';
+  const mapCount = (await fs.readFile(MAP_COUNT, 'utf8').catch(() => '')).trim();
+  const raise = /^\d+$/.test(mapCount) && Number(mapCount) < 1_048_576;
+  if (raise) {
+    await fs.writeFile(MAP_COUNT, '1048576');
+    log(`vm.max_map_count ${mapCount} -> 1048576 for this run (User-Mode Linux maps guest memory page by page)`);
+  }
+  const { down: labDown, stopping, dispose } = labTeardown(topo, tmp);
+  const down = async () => {
+    await labDown();
+    if (raise) await fs.writeFile(MAP_COUNT, mapCount).catch(() => {});
+  };
   try {
     log(`bringing up a lab for ${a.topology} (copy with wide pools: ${topo})`);
     const upArgs = ['lab', 'up', topo, ...(a.kernel ? ['--kernel', a.kernel] : []), ...(a.xfrmInterface ? ['--xfrm-interface'] : []), '--guest-memory', String(a.guestMemory)];
