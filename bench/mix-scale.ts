@@ -21,6 +21,7 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { parseArgs as parseCliArgs } from 'node:util';
 import { parseDocument } from 'yaml';
 import { formatIPv4 } from '../src/net/addr.js';
 import { GuestHost, type LabHost } from '../src/lab/host.js';
@@ -57,31 +58,36 @@ function usage(): never {
 }
 
 export function parseArgs(argv: string[]): Args {
-  const a: Args = { topology: 'examples/three-mixes.yaml', counts: [0, 100, 1000, 10000], reps: 3, pings: 20, xfrmInterface: false, guestMemory: 4096, json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const v = () => {
-      const x = argv[++i];
-      if (x === undefined) throw new Error(`${argv[i - 1]} needs a value`);
-      return x;
-    };
-    const int = (s: string, what: string) => {
-      if (!/^\d+$/.test(s)) throw new Error(`${what}: not a whole number: ${s}`);
-      return Number(s);
-    };
-    switch (argv[i]) {
-      case '--topology': a.topology = v(); break;
-      case '--counts': a.counts = v().split(',').map((s) => int(s.trim(), '--counts')); break;
-      case '--reps': a.reps = Math.max(1, int(v(), '--reps')); break;
-      case '--pings': a.pings = Math.max(1, int(v(), '--pings')); break;
-      case '--kernel': a.kernel = v(); break;
-      case '--xfrm-interface': a.xfrmInterface = true; break;
-      case '--guest-memory': a.guestMemory = int(v(), '--guest-memory'); break;
-      case '--json': a.json = true; break;
-      case '--help': case '-h': usage();
-      default: throw new Error(`unknown option ${argv[i]} (try --help)`);
-    }
-  }
-  if (a.counts.length === 0) throw new Error('--counts: at least one count');
+  const { values: v } = parseCliArgs({
+    args: argv,
+    strict: true,
+    options: {
+      topology: { type: 'string', default: 'examples/three-mixes.yaml' },
+      counts: { type: 'string', default: '0,100,1000,10000' },
+      reps: { type: 'string', default: '3' },
+      pings: { type: 'string', default: '20' },
+      kernel: { type: 'string' },
+      'xfrm-interface': { type: 'boolean', default: false },
+      'guest-memory': { type: 'string', default: '4096' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (v.help) usage();
+  const int = (s: string, what: string) => {
+    if (!/^\d+$/.test(s)) throw new Error(`--${what}: not a whole number: ${s}`);
+    return Number(s);
+  };
+  const a: Args = {
+    topology: v.topology,
+    counts: v.counts.split(',').map((s) => int(s.trim(), 'counts')),
+    reps: Math.max(1, int(v.reps, 'reps')),
+    pings: Math.max(1, int(v.pings, 'pings')),
+    ...(v.kernel !== undefined ? { kernel: v.kernel } : {}),
+    xfrmInterface: v['xfrm-interface'],
+    guestMemory: int(v['guest-memory'], 'guest-memory'),
+    json: v.json,
+  };
   if (Math.max(...a.counts) > 60_000) throw new Error('--counts: at most 60000 background circuits (one /16 pool per router)');
   return a;
 }
