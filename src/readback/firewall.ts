@@ -92,6 +92,22 @@ function portList(text: string): (number | string)[] {
   });
 }
 
+/** What both parsers read, as the planner writes it: optional fields only when present. */
+function filterRule(r: Omit<FilterRule, 'established' | 'ports'> & { established: boolean; ports: FilterRule['ports'] }): FilterRule {
+  const { ports, established, ipsecIn, ipsecOut, ...rest } = r;
+  return {
+    src: rest.src,
+    dst: rest.dst,
+    proto: rest.proto,
+    ...(ports ? { ports } : {}),
+    ...(established ? { established } : {}),
+    ...(ipsecIn !== undefined ? { ipsecIn } : {}),
+    ...(ipsecOut !== undefined ? { ipsecOut } : {}),
+    action: rest.action,
+    comment: rest.comment,
+  };
+}
+
 /**
  * One iptables rule of an onionctl chain as a FilterRule, or undefined when it uses anything the
  * renderer never writes (then it cannot be onionctl's as rendered, and the diff removes it).
@@ -186,14 +202,7 @@ export function iptablesFilterRule(args: string[]): FilterRule | undefined {
     return undefined;
   }
   if (!action || pol) return undefined;
-  return {
-    src, dst, proto,
-    ...(ports ? { ports } : {}),
-    ...(established ? { established } : {}),
-    ...(ipsecIn !== undefined ? { ipsecIn } : {}),
-    ...(ipsecOut !== undefined ? { ipsecOut } : {}),
-    action, comment,
-  };
+  return filterRule({ src, dst, proto, ports, established, ipsecIn, ipsecOut, action, comment });
 }
 
 /** `-s A -o IF -m comment --comment C -j SNAT --to-source X` as a SnatRule, or undefined. */
@@ -399,14 +408,7 @@ export function nftFilterRule(text: string): FilterRule | undefined {
     return undefined;
   }
   if (!action) return undefined;
-  return {
-    src, dst, proto,
-    ...(ports ? { ports } : {}),
-    ...(established ? { established } : {}),
-    ...(ipsecIn !== undefined ? { ipsecIn } : {}),
-    ...(ipsecOut !== undefined ? { ipsecOut } : {}),
-    action, comment,
-  };
+  return filterRule({ src, dst, proto, ports, established, ipsecIn, ipsecOut, action, comment });
 }
 
 /** `ip saddr A oifname "IF" snat [ip] to X comment "C"` as a SnatRule, or undefined. */

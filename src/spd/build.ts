@@ -252,9 +252,9 @@ export function buildConfigs(net: Net, state: State): Map<string, NodeConfig> {
     }
   }
 
+  const sorted = <T>(m: Map<string, T> | undefined): T[] => [...(m ?? new Map<string, T>()).entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
   for (const r of net.routers.values()) {
     const rc = cfg(r.name);
-    const sorted = <T>(m: Map<string, T> | undefined): T[] => [...(m ?? new Map<string, T>()).entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, v]) => v);
     const exits = sorted(exitLinks.get(r.name));
     rc.firewall.forward = [...sorted(mixLinks.get(r.name)), ...exits.flatMap((e) => e.head), ...rc.firewall.forward, ...exits.flatMap((e) => e.tail)];
     if (routersSeen.has(r.name)) {
