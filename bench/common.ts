@@ -7,8 +7,9 @@ import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DirectHost, type HostResult, type LabHost } from '../src/lab/host.js';
-import { labDir } from '../src/lab/record.js';
+import { DirectHost, GuestHost, type HostResult, type LabHost } from '../src/lab/host.js';
+import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
+import { attachGuest } from '../src/lab/uml.js';
 
 export interface Stat {
   median: number;
@@ -104,6 +105,42 @@ export function exitOnSignals(down: () => Promise<void>): () => void {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   };
+}
+
+/**
+ * `onionctl lab up TOPO ...upArgs`, tried up to `attempts` times (a failed up removes what it
+ * made, so a transient failure is simply tried again: before 9197841, about one boot in three
+ * failed with "UML exited during boot"), then the lab's record and a host to run commands in
+ * it (the UML guest, or the switch namespace of a lab without UML). Throws when every attempt
+ * failed or the benchmark is stopping.
+ */
+export async function bringUpLab(topo: string, upArgs: readonly string[], stopping: () => boolean, attempts = 3): Promise<{ rec: LabRecord; host: LabHost }> {
+  let code = 1;
+  for (let attempt = 1; attempt <= attempts && !stopping(); attempt++) {
+    code = await onionctl(['lab', 'up', topo, ...upArgs]);
+    if (code === 0) break;
+    if (attempt < attempts && !stopping()) log(`onionctl lab up exited ${code}; trying again (${attempt + 1}/${attempts})`);
+  }
+  if (stopping()) throw new Error('stopped');
+  if (code !== 0) throw new Error(`onionctl lab up exited ${code}`);
+  const id = await readPointer(topo);
+  const rec = id ? await readRecord(labDir(id)) : undefined;
+  if (!rec) throw new Error('no lab record after lab up');
+  const host: LabHost = rec.mode === 'uml' ? new GuestHost(await attachGuest(rec.guestDir!)) : new CtlHost(rec.ctlNs);
+  return { rec, host };
+}
+
+/**
+ * The real `onionctl apply` of topology `file` on the lab's nodes, over SSH from the lab's
+ * controller namespace, with the lab's state, secret and SSH key: how a benchmark changes what
+ * the routers hold. Resolves to the wall time and the exit code.
+ */
+export async function labApply(topo: string, rec: LabRecord, file: string, extra: readonly string[] = []): Promise<{ seconds: number; code: number }> {
+  const ctl = rec.ctl;
+  if (!ctl) throw new Error('the lab record has no controller files');
+  const t0 = process.hrtime.bigint();
+  const code = await onionctl(['-q', 'lab', 'exec', topo, 'onionctl', '-q', 'apply', file, '--state', ctl.state, '--secret', ctl.secret, '--identity', ctl.identity, '--auto-approve', ...extra]);
+  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, code };
 }
 
 /** Runs `main` when `moduleUrl` is the script node was started with (not when a test imports it). */

@@ -31,31 +31,30 @@ import { PROFILES, innerMtu } from '../src/keys/profiles.js';
 import { formatIPv4 } from '../src/net/addr.js';
 import { startCapture, type Packet } from '../src/lab/capture.js';
 import { parseXfrmStats } from '../src/lab/check.js';
-import { GuestHost, inNs, script, type LabHost } from '../src/lab/host.js';
+import { inNs, script, type LabHost } from '../src/lab/host.js';
 import type { LabNode } from '../src/lab/layout.js';
-import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
+import type { LabRecord } from '../src/lab/record.js';
 import { labStatePath, loadLabNet } from '../src/lab/run.js';
-import { attachGuest } from '../src/lab/uml.js';
 import { loadState } from '../src/store/files.js';
-import { CtlHost, labTeardown, loadavg, log, nsx, onionctl, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // benchmark addresses (lab-safe) and xfrm identifiers (outside onionctl's 0x4f000000 range)
 
 /** the server's second address: the direct and one-layer paths go here */
-const DIRECT_DST = '203.0.113.90';
+export const DIRECT_DST = '203.0.113.90';
 /** the client's inner address for the one-SA paths, and the HTTP server in the entry */
 const CEIL_SRC = '192.0.2.10';
 const CEIL_DST = '192.0.2.11';
-const HTTP_PORT = 443; // the example exit allows tcp 80 and 443; 80 is the lab's HTTP/1.0 server
+export const HTTP_PORT = 443; // the example exit allows tcp 80 and 443; 80 is the lab's HTTP/1.0 server
 const SPI_OUT = 0x0dbe0001; // client -> entry
 const SPI_IN = 0x0dbe0002; // entry -> client
 const REQID_OUT = 0x0dbe0001;
 const REQID_IN = 0x0dbe0002;
 const TABLE = 4242; // policy-routing table for the replies of the benchmark paths
 const PRIORITY = 100; // xfrm policy priority of the benchmark's policies
-const OBJECTS = 9;
-const BIG = '20M.bin';
+export const OBJECTS = 9;
+export const BIG = '20M.bin';
 
 const PATHS = ['circuit', 'direct', 'ceiling', 'onelayer'] as const;
 type PathKey = (typeof PATHS)[number];
@@ -152,7 +151,7 @@ function parseArgs(argv: string[]): Args {
 }
 
 /** Everything the measurement needs to know about the lab. */
-interface Bench {
+export interface Bench {
   rec: LabRecord;
   host: LabHost;
   work: string;
@@ -173,7 +172,7 @@ interface Bench {
   crypto: string;
 }
 
-async function describe(rec: LabRecord, host: LabHost): Promise<Bench> {
+export async function describe(rec: LabRecord, host: LabHost): Promise<Bench> {
   const net = await loadLabNet(rec);
   const { state } = await loadState(labStatePath(rec));
   const name = Object.keys(state.circuits)[0];
@@ -245,7 +244,7 @@ class S(http.server.ThreadingHTTPServer):
 S((sys.argv[1], int(sys.argv[2])), functools.partial(H, directory=sys.argv[3])).serve_forever()
 `;
 
-async function writeWork(b: Bench, name: string, lines: string[]): Promise<string> {
+export async function writeWork(b: Bench, name: string, lines: string[]): Promise<string> {
   const p = path.join(b.work, name);
   await fs.writeFile(p, lines.join('\n') + '\n', { mode: 0o600 });
   return p;
@@ -255,7 +254,7 @@ async function writeWork(b: Bench, name: string, lines: string[]): Promise<strin
  * Routes, addresses, SNAT, counters and sysctls for the direct and one-layer paths, and the HTTP
  * servers; everything through ip -batch / iptables-restore files run in the namespaces.
  */
-async function scaffold(b: Bench, a: Args): Promise<void> {
+export async function scaffold(b: Bench, offloads: Args['offloads']): Promise<void> {
   const { client, hops, exit, clientReal, k } = b;
   const qa = 'quickack 1';
   const addr = (n: LabNode) => formatIPv4(n.underlay.addr);
@@ -265,7 +264,7 @@ async function scaffold(b: Bench, a: Args): Promise<void> {
   const ceilRoute = `mtu ${cm} advmss ${cm - 40} ${qa}`;
   // veths hand 64 KiB TSO/GSO super-packets through the routers; a real wire carries one
   // frame per packet, so every sender in the lab is limited to one segment per packet
-  const gso = (...ifs: string[]) => (a.offloads === 'off' ? ifs.map((i) => `link set dev ${i} gso_max_segs 1`) : []);
+  const gso = (...ifs: string[]) => (offloads === 'off' ? ifs.map((i) => `link set dev ${i} gso_max_segs 1`) : []);
 
   // client: the direct destination via the entry from its real address; the one-layer source
   // address and its routes (policy routing, so that the one-layer path gets the one-layer MTU)
@@ -691,24 +690,10 @@ async function main(): Promise<number> {
 
   try {
     log(`bringing up a lab for ${a.topology} (copy: ${topo})`);
-    // before 9197841, `lab up` failed about one boot in three with "UML exited during boot
-    // (unknown status)" (an empty /proc/<pid>/cmdline while ip netns exec execs UML); a failed
-    // up removes what it made, so a transient failure is simply tried again
-    let code = 1;
-    for (let attempt = 1; attempt <= 3 && !stopping(); attempt++) {
-      code = await onionctl(['lab', 'up', topo]);
-      if (code === 0) break;
-      if (attempt < 3 && !stopping()) log(`onionctl lab up exited ${code}; trying again (${attempt + 1}/3)`);
-    }
-    if (code !== 0) throw new Error(`onionctl lab up exited ${code}`);
-    if (stopping()) return 1;
-    const id = await readPointer(topo);
-    const rec = id ? await readRecord(labDir(id)) : undefined;
-    if (!rec) throw new Error('no lab record after lab up');
-    const host: LabHost = rec.mode === 'uml' ? new GuestHost(await attachGuest(rec.guestDir!)) : new CtlHost(rec.ctlNs);
+    const { rec, host } = await bringUpLab(topo, [], stopping);
     const b = await describe(rec, host);
     log(`lab ${rec.id}: circuit ${b.circuit} ${b.client.name} -> ${b.hops.map((h) => h.name).join(' -> ')} -> ${b.dest}; adding the direct path and the ceiling SAs`);
-    await scaffold(b, a);
+    await scaffold(b, a.offloads);
     await addCeilingSas(b);
 
     // one warm-up fetch per path (ARP, conntrack, page cache), checked

@@ -24,12 +24,11 @@ import path from 'node:path';
 import { parseArgs as parseCliArgs } from 'node:util';
 import { parseDocument } from 'yaml';
 import { formatIPv4 } from '../src/net/addr.js';
-import { GuestHost, type LabHost } from '../src/lab/host.js';
-import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
-import { attachGuest } from '../src/lab/uml.js';
+import type { LabHost } from '../src/lab/host.js';
+import type { LabRecord } from '../src/lab/record.js';
 import { loadState } from '../src/store/files.js';
 import { labStatePath } from '../src/lab/run.js';
-import { CtlHost, labTeardown, loadavg, log, nsx, onionctl, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 const BIG = '10M.bin';
 const BIG_BYTES = 10 * 1024 * 1024;
@@ -212,16 +211,10 @@ async function measure(c: Ctx, a: Args, n: number, label: string, applySeconds: 
 }
 
 async function applyWith(c: Ctx, n: number): Promise<{ seconds: number; code: number }> {
-  const ctl = c.rec.ctl!;
-  const labText = await fs.readFile(ctl.topology, 'utf8');
+  const labText = await fs.readFile(c.rec.ctl!.topology, 'utf8');
   const big = path.join(c.tmp, `topology-bg${n}.yaml`);
   await fs.writeFile(big, withBackground(labText, c.client.name, n), { mode: 0o600 });
-  const t0 = process.hrtime.bigint();
-  const code = await onionctl([
-    '-q', 'lab', 'exec', c.topo, 'onionctl', '-q', 'apply', big, '--state', ctl.state, '--secret', ctl.secret, '--identity', ctl.identity,
-    '--auto-approve', '--command-timeout', '1200',
-  ]);
-  return { seconds: Number(process.hrtime.bigint() - t0) / 1e9, code };
+  return labApply(c.topo, c.rec, big, ['--command-timeout', '1200']);
 }
 
 function formatTable(c: Ctx, a: Args, ms: Measure[], kernel: string): string {
@@ -278,18 +271,9 @@ async function main(): Promise<number> {
   };
   try {
     log(`bringing up a lab for ${a.topology} (copy with wide pools: ${topo})`);
-    const upArgs = ['lab', 'up', topo, ...(a.kernel ? ['--kernel', a.kernel] : []), ...(a.xfrmInterface ? ['--xfrm-interface'] : []), '--guest-memory', String(a.guestMemory)];
-    let code = 1;
-    for (let attempt = 1; attempt <= 3 && !stopping(); attempt++) {
-      code = await onionctl(upArgs);
-      if (code === 0) break;
-      if (attempt < 3 && !stopping()) log(`onionctl lab up exited ${code}; trying again (${attempt + 1}/3)`);
-    }
-    if (code !== 0) throw new Error(`onionctl lab up exited ${code}`);
-    const id = await readPointer(topo);
-    const rec = id ? await readRecord(labDir(id)) : undefined;
-    if (!rec?.ctl) throw new Error('no lab record after lab up');
-    const host: LabHost = rec.mode === 'uml' ? new GuestHost(await attachGuest(rec.guestDir!)) : new CtlHost(rec.ctlNs);
+    const upArgs = [...(a.kernel ? ['--kernel', a.kernel] : []), ...(a.xfrmInterface ? ['--xfrm-interface'] : []), '--guest-memory', String(a.guestMemory)];
+    const { rec, host } = await bringUpLab(topo, upArgs, stopping);
+    if (!rec.ctl) throw new Error('the lab record has no controller files');
     const { state } = await loadState(labStatePath(rec));
     const circuit = Object.keys(state.circuits)[0];
     if (!circuit) throw new Error('the lab has no circuit');

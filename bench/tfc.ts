@@ -21,12 +21,11 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { GuestHost, type LabHost } from '../src/lab/host.js';
+import type { LabHost } from '../src/lab/host.js';
 import type { LabNode } from '../src/lab/layout.js';
-import { labDir, readPointer, readRecord, type LabRecord } from '../src/lab/record.js';
+import type { LabRecord } from '../src/lab/record.js';
 import { formatIPv4 } from '../src/net/addr.js';
-import { attachGuest } from '../src/lab/uml.js';
-import { CtlHost, labTeardown, loadavg, log, nsx, onionctl, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 const CIRCUITS = ['padded', 'plain'] as const;
 type Circuit = (typeof CIRCUITS)[number];
@@ -278,13 +277,7 @@ async function main(): Promise<number> {
 
   try {
     log(`bringing up a lab: two circuits, padded (tfcpad ${a.size} on layers ${a.layers}) and plain (${topo})`);
-    const code = await onionctl(['lab', 'up', topo]);
-    if (code !== 0) throw new Error(`onionctl lab up exited ${code}`);
-    if (stopping()) return 1;
-    const id = await readPointer(topo);
-    const rec = id ? await readRecord(labDir(id)) : undefined;
-    if (!rec) throw new Error('no lab record after lab up');
-    const host: LabHost = rec.mode === 'uml' ? new GuestHost(await attachGuest(rec.guestDir!)) : new CtlHost(rec.ctlNs);
+    const { rec, host } = await bringUpLab(topo, [], stopping);
     const servers = Object.fromEntries(rec.layout.servers.map((s) => [s.circuit, formatIPv4(s.iface.addr)])) as Record<Circuit, string>;
     for (const c of CIRCUITS) if (!servers[c]) throw new Error(`the lab has no server for circuit ${c}`);
     const client = rec.layout.nodes.find((n) => n.name === 'alice')!;
