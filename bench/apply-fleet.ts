@@ -11,8 +11,9 @@
  *               --latency-ms (so every round trip on the wire costs that much); it counts per
  *               node the TCP connections, SSH channels, commands (by program), bytes each way and
  *               round trips (a round trip: server bytes after client bytes). A command's stdin is
- *               read to its end and dropped; every command exits 0; `sh -s` (the read-back)
- *               answers with read-back output recorded from a real kernel: the first time a
+ *               read to its end and dropped; every command exits 0; a stage script (`sh -s`
+ *               with several commands of one apply stage) counts its commands and answers as
+ *               they would; any other `sh -s` (the read-back) answers with read-back output recorded from a real kernel: the first time a
  *               read-back script is seen, it runs once in an empty network namespace of this
  *               machine (lo, and eth0, one end of a veth pair), and that output is replayed for every node that sends
  *               the same script. The fleet is an empty one: every apply is a first apply.
@@ -36,6 +37,7 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import ssh2 from 'ssh2';
 import { stringify as stringifyYaml } from 'yaml';
+import { parseStageScript } from '../src/apply/commands.js';
 import { generateEd25519 } from '../src/lab/run.js';
 import { generateTopology } from './gen-topology.js';
 import { exitOnSignals, loadavg, log, runIfMain, stat } from './common.js';
@@ -48,7 +50,7 @@ const self = fileURLToPath(import.meta.url);
 interface NodeCounts {
   connections: number;
   channels: number;
-  /** commands by program (first word of the command line; `sh -s` is the read-back) */
+  /** commands by program (first word of the command line; `sh -s` is the read-back or a stage script, whose commands count too) */
   commands: Record<string, number>;
   bytesIn: number;
   bytesOut: number;
@@ -93,13 +95,26 @@ async function fleet(): Promise<void> {
         session.once('exec', (acc, _rej, info) => {
           const st = acc();
           const program = info.command.split(' ')[0] ?? '';
-          const key = program === 'sh' ? 'sh -s (read-back)' : program;
-          c.commands[key] = (c.commands[key] ?? 0) + 1;
+          const count = (key: string) => (c.commands[key] = (c.commands[key] ?? 0) + 1);
+          if (program !== 'sh') count(program);
           const chunks: Buffer[] = [];
           st.on('data', (d: Buffer) => chunks.push(d));
           st.on('error', () => {});
           st.once('end', () => {
-            const reply = program === 'sh' ? record(Buffer.concat(chunks).toString('utf8')) : Promise.resolve('');
+            let reply: Promise<string> = Promise.resolve('');
+            if (program === 'sh') {
+              const script = Buffer.concat(chunks).toString('utf8');
+              // a stage script (several commands of one apply stage on one channel): its
+              // commands are counted, and answered as every other command (exit 0, no output)
+              const parts = parseStageScript(script);
+              if (parts) {
+                count('sh -s (stage script)');
+                for (const x of parts) count(x.argv[0] ?? '');
+              } else {
+                count('sh -s (read-back)');
+                reply = record(script);
+              }
+            }
             void reply.then((text) => {
               if (text) st.write(text);
               st.exit(0);

@@ -12,7 +12,9 @@
  *   drain      receiving SAs no longer wanted, once no peer sends with them any more
  *
  * Every command reads its input on stdin (`ip -batch -`, `iptables-restore --noflush`,
- * `nft -f -`, `sysctl --load=-`): SA keys never appear on a command line. Pure.
+ * `nft -f -`, `sysctl --load=-`): SA keys never appear on a command line. A stage with more
+ * than one command runs them as one stage script (`sh -s`, stageScript): one SSH channel per
+ * stage. Pure.
  */
 import type { KeySource } from '../keys/kdf.js';
 import type { NodeConfig } from '../model/config.js';
@@ -66,6 +68,8 @@ export interface Step {
    * kernel without nf_tables for IPv4: then iptables-legacy)
    */
   fallback?: { argv: string[]; when: RegExp };
+  /** a stage script (stageScript): the steps it runs, in order, on one SSH channel */
+  parts?: Step[];
 }
 
 const NO_NFT = /Operation not supported|Protocol not supported|TABLE_ADD failed|Could not fetch rule set/;
@@ -249,4 +253,108 @@ export function withoutExistingJumps(input: string, iptablesSave: string): strin
       return !(m && have.has(`${table} ${m[1]} ${m[2]}`));
     })
     .join('\n');
+}
+
+/** The first words of a stage script: how a reader (the apply-fleet benchmark) tells it from the read-back. */
+export const STAGE_SCRIPT_HEADER = '# onionctl stage script v1:';
+/** what a stage script prints on stderr, and its exit code, where printf is not a shell builtin */
+export const NO_BUILTIN_PRINTF = 'onionctl: printf is not a shell builtin in sh here';
+export const NO_BUILTIN_PRINTF_EXIT = 125;
+const STEP_FAILED = /^onionctl: step (\d+) of (\d+) failed \(exit (\d+)\)$/m;
+
+const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/**
+ * The steps of one stage as one POSIX shell script for `sh -s` on the router, so that a stage
+ * costs one SSH channel however many commands it runs. Each command reads its input from the
+ * shell's builtin printf through a pipe: no other process's command line and no temporary file
+ * ever holds it (a here-document would be a temporary file in bash, and keys must not touch a
+ * disk), and the script refuses to run where printf is not a builtin. The commands run in
+ * order; the first that fails stops the script, which says on stderr which one it was and exits
+ * with its exit code.
+ */
+export function stageScript(steps: readonly Step[]): string {
+  const out = [
+    `${STAGE_SCRIPT_HEADER} ${steps.map((s) => s.argv[0]).join(' ')}`,
+    `case "$(command -V printf 2>&1)" in *builtin*) ;; *) echo ${shQuote(NO_BUILTIN_PRINTF)} >&2; exit ${NO_BUILTIN_PRINTF_EXIT} ;; esac`,
+  ];
+  steps.forEach((st, i) => {
+    out.push(`printf '%s' ${shQuote(st.stdin)} | ${st.argv.map(shQuote).join(' ')}`);
+    out.push(`rc=$?; if [ "$rc" -ne 0 ]; then echo "onionctl: step ${i + 1} of ${steps.length} failed (exit $rc)" >&2; exit "$rc"; fi`);
+  });
+  out.push('exit 0');
+  return out.join('\n') + '\n';
+}
+
+/** One step that runs `steps` as a stage script (one channel); a single step stays as it is. */
+export function combineSteps(steps: readonly Step[]): Step[] {
+  if (steps.length < 2) return [...steps];
+  return [
+    {
+      what: steps.map((s) => s.what).join(', '),
+      argv: ['sh', '-s'],
+      stdin: stageScript(steps),
+      secret: steps.some((s) => s.secret),
+      changes: steps.reduce((t, s) => t + s.changes, 0),
+      parts: [...steps],
+    },
+  ];
+}
+
+/**
+ * How a stage script ended, from its exit code and stderr: ok; no builtin printf (nothing ran);
+ * or the step that failed (0-based; the steps before it ran) and the router's message without
+ * the script's own line.
+ */
+export function scriptOutcome(exitCode: number, stderr: string): { ok: true } | { ok: false; noPrintf: true } | { ok: false; failed: number; message: string } | { ok: false; failed: undefined; message: string } {
+  if (exitCode === 0) return { ok: true };
+  if (exitCode === NO_BUILTIN_PRINTF_EXIT && stderr.includes(NO_BUILTIN_PRINTF)) return { ok: false, noPrintf: true };
+  const m = STEP_FAILED.exec(stderr);
+  const message = stderr.replace(STEP_FAILED, '').trim();
+  return m ? { ok: false, failed: Number(m[1]) - 1, message } : { ok: false, failed: undefined, message };
+}
+
+/** One shell word of a stage script: '...' segments and \\' escapes, up to a space or the line's end. */
+function readWord(text: string, at: number): { word: string; end: number } {
+  let word = '';
+  let i = at;
+  for (;;) {
+    if (text[i] === "'") {
+      const close = text.indexOf("'", i + 1);
+      if (close < 0) throw new Error('stage script: an unterminated quote');
+      word += text.slice(i + 1, close);
+      i = close + 1;
+    } else if (text[i] === '\\' && text[i + 1] === "'") {
+      word += "'";
+      i += 2;
+    } else return { word, end: i };
+  }
+}
+
+/**
+ * The commands of a stage script and their inputs, in order (the inverse of stageScript): for
+ * a reader that stands in for a router (tests, the apply-fleet benchmark). Undefined for any
+ * other text.
+ */
+export function parseStageScript(script: string): { argv: string[]; stdin: string }[] | undefined {
+  if (!script.startsWith(STAGE_SCRIPT_HEADER)) return undefined;
+  const out: { argv: string[]; stdin: string }[] = [];
+  const lead = "\nprintf '%s' ";
+  for (let at = script.indexOf(lead); at >= 0; at = script.indexOf(lead, at)) {
+    const input = readWord(script, at + lead.length);
+    if (script.slice(input.end, input.end + 3) !== ' | ') throw new Error('stage script: no pipe after the input');
+    const argv: string[] = [];
+    let i = input.end + 3;
+    for (;;) {
+      const w = readWord(script, i);
+      argv.push(w.word);
+      i = w.end;
+      if (script[i] === ' ') i++;
+      else break;
+    }
+    if (script[i] !== '\n') throw new Error('stage script: a command line does not end');
+    out.push({ argv, stdin: input.word });
+    at = i;
+  }
+  return out;
 }

@@ -3,6 +3,7 @@
  * it is asked to run, the keys a plan would install, and the emptied config destroy pushes with.
  */
 import type { Progress } from '../../src/apply/engine.js';
+import { parseStageScript } from '../../src/apply/commands.js';
 import type { KeySource } from '../../src/keys/kdf.js';
 import { PROFILES } from '../../src/keys/profiles.js';
 import type { NodeConfig } from '../../src/model/config.js';
@@ -45,7 +46,12 @@ export interface ExecRecord {
 
 export type FakeResponder = (node: string, argv: readonly string[], stdin: string) => ExecResult | undefined;
 
-/** A Transport that records every exec in a log shared across nodes, and answers as `respond` says (default: success). */
+/**
+ * A Transport that records every command in a log shared across nodes, and answers as `respond`
+ * says (default: success). A stage script (`sh -s`, src/apply/commands.ts) is run as a shell
+ * would: its commands in order, each logged and answered on its own, the first failure ending
+ * it with the script's own line on stderr. `channels` logs every exec itself (one SSH channel each).
+ */
 export class FakeTransport implements Transport {
   readonly label: string;
   closed = false;
@@ -54,17 +60,33 @@ export class FakeTransport implements Transport {
     private readonly log: ExecRecord[],
     private readonly respond: FakeResponder = () => undefined,
     private readonly onExec: (r: ExecRecord) => void = () => undefined,
+    private readonly channels: ExecRecord[] = [],
+    /** scripts: false: a stage script is answered by `respond` as one command (a router whose sh cannot run it) */
+    private readonly o: { scripts: boolean } = { scripts: true },
   ) {
     this.label = `${node} (fake)`;
   }
-  async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    if (this.closed) throw new Error(`${this.node}: exec on a closed transport`);
-    const rec = { node: this.node, argv: [...argv], stdin: opts.stdin ?? '' };
+  private async one(argv: readonly string[], stdin: string): Promise<ExecResult> {
+    const rec = { node: this.node, argv: [...argv], stdin };
     this.log.push(rec);
     this.onExec(rec);
     // a real router answers later: let the other nodes' work interleave
     await new Promise((r) => setImmediate(r));
     return this.respond(this.node, argv, rec.stdin) ?? { exitCode: 0, stdout: '', stderr: '' };
+  }
+  async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
+    if (this.closed) throw new Error(`${this.node}: exec on a closed transport`);
+    const stdin = opts.stdin ?? '';
+    this.channels.push({ node: this.node, argv: [...argv], stdin });
+    const parts = this.o.scripts && argv.join(' ') === 'sh -s' ? parseStageScript(stdin) : undefined;
+    if (!parts) return this.one(argv, stdin);
+    let stdout = '';
+    for (const [i, x] of parts.entries()) {
+      const r = await this.one(x.argv, x.stdin);
+      stdout += r.stdout;
+      if (r.exitCode !== 0) return { exitCode: r.exitCode, stdout, stderr: `${r.stderr}onionctl: step ${i + 1} of ${parts.length} failed (exit ${r.exitCode})\n` };
+    }
+    return { exitCode: 0, stdout, stderr: '' };
   }
   async close(): Promise<void> {
     this.closed = true;

@@ -11,7 +11,7 @@
  */
 import { rngFactory } from '../../src/pathselect/rng.js';
 import { beforeAll, describe, expect, test } from '@jest/globals';
-import { ownAddresses, STAGES, stageSteps, type Stage } from '../../src/apply/commands.js';
+import { NO_BUILTIN_PRINTF, NO_BUILTIN_PRINTF_EXIT, ownAddresses, parseStageScript, STAGES, stageSteps, type Stage } from '../../src/apply/commands.js';
 import { describeRekey, interfaceAddresses, markInstalled, observedDigest, planAgainst, pushChanges, type LivePlan, type NodePlan, type NodeRead, type PushInput } from '../../src/apply/engine.js';
 import type { Change } from '../../src/diff/index.js';
 import { KdfKeySource, type KeySource } from '../../src/keys/kdf.js';
@@ -285,6 +285,8 @@ describe('pushChanges over fake transports', () => {
 
   interface Run {
     log: ExecRecord[];
+    /** every exec the engine made (one SSH channel each); a stage script's commands are in log */
+    channels: ExecRecord[];
     connects: string[];
     results: Awaited<ReturnType<typeof pushChanges>>;
     progress: ReturnType<typeof recordingProgress>;
@@ -293,14 +295,19 @@ describe('pushChanges over fake transports', () => {
 
   async function run(
     live: LivePlan,
-    o: { respond?: FakeResponder; parallel?: number; signal?: AbortSignal; onExec?: (r: ExecRecord, log: ExecRecord[]) => void; failConnect?: string; nodes?: NodePlan[] } = {},
+    o: { respond?: FakeResponder; parallel?: number; signal?: AbortSignal; onExec?: (r: ExecRecord, log: ExecRecord[], channels: ExecRecord[]) => void; failConnect?: string; nodes?: NodePlan[]; noBuiltinPrintf?: boolean } = {},
   ): Promise<Run> {
     const log: ExecRecord[] = [];
+    const channels: ExecRecord[] = [];
     const connects: string[] = [];
     const sessions = new Sessions(async (node) => {
       connects.push(node);
       if (node === o.failConnect) throw new Error(`${node}: connect ECONNREFUSED`);
-      return new FakeTransport(node, log, o.respond, (r) => o.onExec?.(r, log));
+      // a router whose sh has no builtin printf: every stage script stops before running anything
+      const respond: FakeResponder | undefined = o.noBuiltinPrintf
+        ? (n, argv, stdin) => (argv.join(' ') === 'sh -s' ? { exitCode: NO_BUILTIN_PRINTF_EXIT, stdout: '', stderr: `${NO_BUILTIN_PRINTF}\n` } : o.respond?.(n, argv, stdin))
+        : o.respond;
+      return new FakeTransport(node, log, respond, (r) => o.onExec?.(r, log, channels), channels, { scripts: !o.noBuiltinPrintf });
     });
     const progress = recordingProgress();
     const nodes = o.nodes ?? live.nodes;
@@ -314,7 +321,7 @@ describe('pushChanges over fake transports', () => {
       return STAGES.flatMap((stage) => stageSteps(stage, cfg, n.changes, ctx).map((x) => ({ stage, argv: x.argv, stdin: x.stdin })));
     };
     const expected = new Map(nodes.map((n) => [n.node, n.error ? [] : stepsOf(n)]));
-    return { log, connects, results, progress, expected };
+    return { log, channels, connects, results, progress, expected };
   }
 
   /** the stage of each exec, from its position in its node's expected sequence */
@@ -351,6 +358,68 @@ describe('pushChanges over fake transports', () => {
     expect(r.connects.sort()).toEqual([...UML_NODES].sort());
     expect(r.progress.events.filter((e) => e.kind === 'done').map((e) => e.node).sort()).toEqual([...UML_NODES].sort());
     expect(r.progress.events.filter((e) => e.kind === 'fail')).toEqual([]);
+  });
+
+  test('one SSH channel per node and stage: a stage of several commands runs them as one stage script', async () => {
+    const live = rebootPlan();
+    const r = await run(live);
+    // or2's configure stage has several commands (firewall, policies and routes, sysctls)
+    const configure = r.expected.get('or2')!.filter((e) => e.stage === 'configure');
+    expect(configure.length).toBeGreaterThan(1);
+    const perStage = new Map<string, number>();
+    for (const n of UML_NODES) {
+      const stages = new Set(r.expected.get(n)!.map((e) => e.stage));
+      const mine = r.channels.filter((c) => c.node === n);
+      expect({ n, channels: mine.length }).toEqual({ n, channels: stages.size });
+      for (const st of stages) perStage.set(`${n} ${st}`, r.expected.get(n)!.filter((e) => e.stage === st).length);
+    }
+    const script = r.channels.find((c) => c.node === 'or2' && c.argv.join(' ') === 'sh -s' && parseStageScript(c.stdin)?.some((x) => x.argv[0] === 'iptables-restore'))!;
+    expect(parseStageScript(script.stdin)!.map((x) => x.argv)).toEqual(configure.map((e) => e.argv));
+    expect(parseStageScript(script.stdin)!.map((x) => x.stdin)).toEqual(configure.map((e) => e.stdin));
+  });
+
+  test('a stage script whose iptables-restore finds no nf_tables goes on with iptables-legacy-restore, then the commands after it, one channel each', async () => {
+    const live = rebootPlan();
+    const noNft: ExecResult = { exitCode: 1, stdout: '', stderr: 'iptables-restore v1.8.9 (nf_tables): TABLE_ADD failed (Operation not supported): table filter\n' };
+    const r = await run(live, { respond: (node, argv) => (node === 'or2' && argv[0] === 'iptables-restore' ? noNft : undefined) });
+    expect(r.results.find((x) => x.node === 'or2')).toMatchObject({ ok: true, stages: [...STAGES] });
+    const or2 = r.log.filter((e) => e.node === 'or2').map((e) => e.argv[0]);
+    const k = or2.indexOf('iptables-restore');
+    expect(or2[k + 1]).toBe('iptables-legacy-restore');
+    const configure = r.expected.get('or2')!.filter((e) => e.stage === 'configure').map((e) => e.argv[0]);
+    // after the legacy restore, the configure commands that follow iptables-restore, on their own channels
+    const after = configure.slice(configure.indexOf('iptables-restore') + 1);
+    expect(or2.slice(k + 2, k + 2 + after.length)).toEqual(after);
+    const ch = r.channels.filter((c) => c.node === 'or2').map((c) => c.argv[0]);
+    expect(ch.slice(ch.indexOf('iptables-legacy-restore'), ch.indexOf('iptables-legacy-restore') + 1 + after.length)).toEqual(['iptables-legacy-restore', ...after]);
+  });
+
+  test("a failing command inside a stage script is named, with the router's message and not the script's own line", async () => {
+    const live = rebootPlan();
+    const fail: ExecResult = { exitCode: 2, stdout: '', stderr: 'RTNETLINK answers: No such device\nCommand failed -:3\n' };
+    // the ip -batch after the firewall in or2's configure script
+    let sawFirewall = false;
+    const r = await run(live, {
+      respond: (node, argv) => {
+        if (node !== 'or2') return undefined;
+        if (argv[0] === 'iptables-restore') sawFirewall = true;
+        else if (sawFirewall && argv[0] === 'ip') return fail;
+        return undefined;
+      },
+    });
+    const res = r.results.find((x) => x.node === 'or2')!;
+    expect(res.ok).toBe(false);
+    expect(res.error).toMatch(/configure: ip -batch failed \(exit 2\): RTNETLINK answers: No such device; Command failed -:3$/);
+    expect(res.stages).toEqual(['receive', 'install']);
+    expect(res.error).not.toContain('onionctl: step');
+  });
+
+  test('where sh has no builtin printf, the stage script runs nothing and the commands go one channel each', async () => {
+    const live = rebootPlan();
+    const r = await run(live, { noBuiltinPrintf: true });
+    expect(r.results.every((x) => x.ok)).toBe(true);
+    for (const n of UML_NODES) expect({ n, steps: perNode(r, n).filter((e) => e.argv.join(' ') !== 'sh -s') }).toEqual({ n, steps: want(r, n) });
+    expect(r.progress.events).toContainEqual({ kind: 'step', node: 'or2', text: expect.stringMatching(/no builtin printf/) });
   });
 
   test('make-before-break after a reboot: a rekeyed SA reaches its receiver before its sender; the old SPI goes only once both have the new one', async () => {
@@ -510,18 +579,22 @@ describe('pushChanges over fake transports', () => {
   test('an abort during a run lets running steps finish and starts no new one', async () => {
     const ac = new AbortController();
     let at = -1;
+    let chAt = -1;
     const r = await run(rebootPlan(), {
       signal: ac.signal,
-      onExec: (e, log) => {
+      onExec: (e, log, channels) => {
         if (at < 0 && e.node === 'or2' && e.argv[0] === 'iptables-restore') {
           at = log.length;
+          chAt = channels.length;
           ac.abort();
         }
       },
     });
     expect(at).toBeGreaterThan(0);
-    // nothing started after the abort
-    expect(r.log).toHaveLength(at);
+    // no channel opened after the abort; the stage script that was running ran to its end
+    expect(r.channels).toHaveLength(chAt);
+    const running = r.channels[chAt - 1]!;
+    expect(running).toMatchObject({ node: 'or2', argv: ['sh', '-s'] });
     expect(stagesInOrder(r)).not.toContain('retire');
     expect(stagesInOrder(r)).not.toContain('drain');
     for (const x of r.results) {
@@ -529,7 +602,8 @@ describe('pushChanges over fake transports', () => {
       expect(x.error).toMatch(/interrupted/);
       expect(x.stages).not.toContain('retire');
     }
-    expect(r.results.find((x) => x.node === 'or2')!.stages).toEqual(['receive', 'install']);
+    // or2's configure stage was one script, already running: it finished that stage, and no more
+    expect(r.results.find((x) => x.node === 'or2')!.stages).toEqual(['receive', 'install', 'configure']);
   });
 
   test('the empty plan pushes nothing', async () => {
