@@ -33,7 +33,7 @@ import { formatIPv4 } from '../src/net/addr.js';
 import type { CryptoProfileName } from '../src/topology/schema.js';
 import { bringUpLab, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 import { BIG, DIRECT_DST, HTTP_PORT, OBJECTS, describe, parseSections, scaffold, type Bench } from './dataplane.js';
-import { setUpTor, type TorNet } from './tor-net.js';
+import { findTor, setUpTor, type TorNet } from './tor-net.js';
 
 const PATHS = ['direct', 'gcm', 'cbc', 'tor'] as const;
 export type PathKey = (typeof PATHS)[number];
@@ -51,7 +51,8 @@ interface Args {
 function usage(): never {
   process.stdout.write(
     'usage: node dist/bench/vs-tor.js [--topology FILE] [--reps 10] [--kernel PATH|6.12] [--xfrm-interface] [--tor-boot-timeout 600] [--json]\n' +
-      'Needs root, what onionctl lab needs (docs/lab-uml.md), curl, python3, and Debian\'s tor (tor, tor-gencert). See docs/bench-vs-tor.md.\n',
+      'Needs root, what onionctl lab needs (docs/lab-uml.md), curl and python3; Debian\'s tor is used if installed, else\n' +
+      'scripts/bench-tor.sh unpacks the package into /var/cache/onionctl/tor (never installs it). See docs/bench-vs-tor.md.\n',
   );
   process.exit(0);
 }
@@ -164,7 +165,7 @@ function pageCmd(c: Ctx, p: PathKey): string {
 }
 
 function bigCmd(c: Ctx, p: PathKey): string {
-  return nsx(c.b.client.ns, `curl -sS --max-time 1800 ${curlOpts(c, p)}-o /dev/null -w '%{time_total} %{size_download} %{http_code}\\n' ${c.urls[p]}/${BIG}`);
+  return nsx(c.b.client.ns, `curl -sS --max-time 600 ${curlOpts(c, p)}-o /dev/null -w '%{time_total} %{size_download} %{http_code}\\n' ${c.urls[p]}/${BIG}`);
 }
 
 /** Page and 20 MiB for each path in `paths`, in that order, in one guest shell. */
@@ -318,6 +319,7 @@ async function main(): Promise<number> {
   if (process.getuid && process.getuid() !== 0) throw new Error('the lab needs root');
   const load0 = await loadavg();
   const src = path.resolve(a.topology);
+  const torBin = await findTor();
   const tmp = await fs.mkdtemp('/var/tmp/onionctl-vstor-');
   const topo = path.join(tmp, path.basename(src));
   // the lab starts with GCM; the first repetition switches to CBC
@@ -332,6 +334,7 @@ async function main(): Promise<number> {
     log(`lab ${rec.id} (kernel ${kernel}): circuit ${b.circuit} ${b.client.name} -> ${b.hops.map((h) => h.name).join(' -> ')} -> ${b.dest}; adding the direct path`);
     await scaffold(b, 'off');
     const tor = await setUpTor(host, {
+      bin: torBin,
       work: b.work,
       runDir: host.kind === 'uml' ? '/run/lab/tmp/vstor' : path.join(b.work, 'tor-run'),
       pidDir: rec.dir,
@@ -382,6 +385,10 @@ async function main(): Promise<number> {
       log(`rep ${i + 1}/${a.reps}: page s direct ${pg('direct')} gcm ${pg('gcm')} cbc ${pg('cbc')} tor ${pg('tor')}; 20 MiB MB/s direct ${mb('direct')} gcm ${mb('gcm')} cbc ${mb('cbc')} tor ${mb('tor')}; switch to ${to} ${f(r.apply.seconds, 1)} s`);
     }
     checks.push(`... and after the run: ${await torPeers(c)}`);
+    // a Tor network whose consensus lapsed builds no new circuits and its streams crawl
+    const warn = await host.run(['sh', '-c', `grep -c 'No available nodes' ${tor.clientDir}/notice.log; grep -c 'Bootstrapped 100%' ${tor.clientDir}/notice.log`]);
+    const [noNodes, boots] = warn.stdout.trim().split('\n');
+    checks.push(`the Tor client's log: "No available nodes" ${noNodes ?? '?'} times (0 when the consensus stayed valid), "Bootstrapped 100%" ${boots ?? '?'} time(s)`);
     const x = await host.run(['sh', '-c', [b.client, ...b.hops].map((n) => `echo "@xstat ${n.name}"; ${nsx(n.ns, 'cat /proc/net/xfrm_stat')}; echo "@rc $?"`).join('\n')]);
     const errs = parseSections(x.stdout).map((s) => [s.args[0], s.lines.map((l) => l.trim().split(/\s+/)).filter((y) => Number(y[1]) > 0).map((y) => `${y[0]} ${y[1]}`)] as const);
     checks.push(
