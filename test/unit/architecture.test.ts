@@ -14,7 +14,7 @@ export const FLOORS: string[][] = [
   ['util'],
   ['net'],
   ['topology'],
-  ['keys', 'pathselect'],
+  ['keys', 'pathselect', 'trust'],
   ['model', 'state'],
   ['exit-nat', 'render'],
   ['spd'],
@@ -25,7 +25,7 @@ export const FLOORS: string[][] = [
   ['cli'],
 ];
 /** folders whose code may not touch files, processes, the network, the clock or randomness */
-const PURE = ['net', 'topology', 'keys', 'model', 'state', 'exit-nat', 'render', 'spd', 'plan', 'readback', 'diff', 'rekey', 'graph', 'audit', 'status'];
+const PURE = ['net', 'topology', 'keys', 'trust', 'model', 'state', 'exit-nat', 'render', 'spd', 'plan', 'readback', 'diff', 'rekey', 'graph', 'audit', 'status'];
 
 const SRC = path.join(ROOT, 'src');
 
