@@ -107,6 +107,18 @@ export function exitOnSignals(down: () => Promise<void>): () => void {
   };
 }
 
+/** node:util parseArgs options every lab benchmark takes: which lab kernel, and xfrm_interface */
+export const KERNEL_OPTIONS = {
+  kernel: { type: 'string' },
+  'xfrm-interface': { type: 'boolean', default: false },
+} as const;
+export const KERNEL_USAGE = '[--kernel PATH|6.12] [--xfrm-interface]';
+
+/** `onionctl lab up` arguments for those options */
+export function kernelUpArgs(v: { kernel?: string | undefined; 'xfrm-interface'?: boolean | undefined }): string[] {
+  return [...(v.kernel !== undefined ? ['--kernel', v.kernel] : []), ...(v['xfrm-interface'] ? ['--xfrm-interface'] : [])];
+}
+
 /**
  * `onionctl lab up TOPO ...upArgs`, tried up to `attempts` times (a failed up removes what it
  * made, so a transient failure is simply tried again: before 9197841, about one boot in three

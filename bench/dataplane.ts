@@ -27,6 +27,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { parseArgs as parseCliArgs } from 'node:util';
 import { PROFILES, innerMtu } from '../src/keys/profiles.js';
 import { formatIPv4 } from '../src/net/addr.js';
 import { startCapture, type Packet } from '../src/lab/capture.js';
@@ -36,7 +37,7 @@ import type { LabNode } from '../src/lab/layout.js';
 import type { LabRecord } from '../src/lab/record.js';
 import { labStatePath, loadLabNet } from '../src/lab/run.js';
 import { loadState } from '../src/store/files.js';
-import { bringUpLab, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, KERNEL_OPTIONS, KERNEL_USAGE, kernelUpArgs, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // benchmark addresses (lab-safe) and xfrm identifiers (outside onionctl's 0x4f000000 range)
@@ -115,37 +116,35 @@ interface Args {
   /** off: no TSO/GSO super-packets on the lab's veths (gso_max_segs 1), as on a real 1500-byte wire */
   offloads: 'on' | 'off';
   json: boolean;
+  /** `onionctl lab up` arguments: the lab kernel */
+  upArgs: string[];
 }
 
-function parseArgs(argv: string[]): Args {
-  const a: Args = { topology: 'examples/three-mixes.yaml', reps: 10, pings: 20, connections: 'keep-alive', offloads: 'off', json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const val = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${k} needs a value`);
-      return v;
-    };
-    if (k === '--topology') a.topology = val();
-    else if (k === '--reps') a.reps = Number(val());
-    else if (k === '--pings') a.pings = Number(val());
-    else if (k === '--connections') {
-      const v = val();
-      if (v !== 'keep-alive' && v !== 'close') throw new Error('--connections is keep-alive or close');
-      a.connections = v;
-    } else if (k === '--offloads') {
-      const v = val();
-      if (v !== 'on' && v !== 'off') throw new Error('--offloads is on or off');
-      a.offloads = v;
-    } else if (k === '--json') a.json = true;
-    else if (k === '--help' || k === '-h') {
-      process.stdout.write(
-        'usage: node dist/bench/dataplane.js [--topology FILE] [--reps 10] [--pings 20] [--connections keep-alive|close] [--offloads off|on] [--json]\n' +
-          'Needs root, user-mode-linux (or a kernel with ESP), curl, python3, tcpdump. See docs/bench-dataplane.md.\n',
-      );
-      process.exit(0);
-    } else throw new Error(`unknown argument ${k}`);
+export function parseArgs(argv: string[]): Args {
+  const { values: v } = parseCliArgs({
+    args: argv,
+    strict: true,
+    options: {
+      topology: { type: 'string', default: 'examples/three-mixes.yaml' },
+      reps: { type: 'string', default: '10' },
+      pings: { type: 'string', default: '20' },
+      connections: { type: 'string', default: 'keep-alive' },
+      offloads: { type: 'string', default: 'off' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+      ...KERNEL_OPTIONS,
+    },
+  });
+  if (v.help) {
+    process.stdout.write(
+      `usage: node dist/bench/dataplane.js [--topology FILE] [--reps 10] [--pings 20] [--connections keep-alive|close] [--offloads off|on] ${KERNEL_USAGE} [--json]\n` +
+        'Needs root, user-mode-linux (or a kernel with ESP), curl, python3, tcpdump. See docs/bench-dataplane.md.\n',
+    );
+    process.exit(0);
   }
+  if (v.connections !== 'keep-alive' && v.connections !== 'close') throw new Error('--connections is keep-alive or close');
+  if (v.offloads !== 'on' && v.offloads !== 'off') throw new Error('--offloads is on or off');
+  const a: Args = { topology: v.topology, reps: Number(v.reps), pings: Number(v.pings), connections: v.connections, offloads: v.offloads, json: v.json, upArgs: kernelUpArgs(v) };
   if (!(a.reps >= 1) || !(a.pings >= 1)) throw new Error('--reps and --pings must be >= 1');
   return a;
 }
@@ -170,6 +169,8 @@ export interface Bench {
   underlayMtu: number;
   ceilMtu: number;
   crypto: string;
+  /** the lab kernel (uname -r where the nodes run) */
+  kernel: string;
 }
 
 export async function describe(rec: LabRecord, host: LabHost): Promise<Bench> {
@@ -225,6 +226,7 @@ export async function describe(rec: LabRecord, host: LabHost): Promise<Bench> {
     underlayMtu,
     ceilMtu: innerMtu(profile, underlayMtu),
     crypto: net.crypto,
+    kernel: (await host.run(['uname', '-r'])).stdout.trim(),
   };
 }
 
@@ -617,7 +619,7 @@ function formatTable(b: Bench, a: Args, s: Summary, reps: RepResult[], checks: s
   const path = [b.client.name, ...b.hops.map((h) => h.name)].join(' -> ');
   const pageBytes = reps.find((r) => r.page.circuit?.ok)?.page.circuit?.bytes ?? NaN;
   const out: string[] = [];
-  out.push(`dataplane benchmark: ${a.topology}, circuit ${b.circuit} ${path} -> ${b.dest} (k=${k}, ${L} ESP layers at the client, ${b.crypto})`);
+  out.push(`dataplane benchmark: ${a.topology}, circuit ${b.circuit} ${path} -> ${b.dest} (k=${k}, ${L} ESP layers at the client, ${b.crypto}); kernel ${b.kernel}`);
   out.push(`direct path: ${path} -> SNAT -> ${DIRECT_DST} (same server process), plain routing; ${a.reps} repetitions, interleaved`);
   out.push(
     a.offloads === 'off'
@@ -690,7 +692,7 @@ async function main(): Promise<number> {
 
   try {
     log(`bringing up a lab for ${a.topology} (copy: ${topo})`);
-    const { rec, host } = await bringUpLab(topo, [], stopping);
+    const { rec, host } = await bringUpLab(topo, a.upArgs, stopping);
     const b = await describe(rec, host);
     log(`lab ${rec.id}: circuit ${b.circuit} ${b.client.name} -> ${b.hops.map((h) => h.name).join(' -> ')} -> ${b.dest}; adding the direct path and the ceiling SAs`);
     await scaffold(b, a.offloads);
@@ -738,7 +740,7 @@ async function main(): Promise<number> {
 
     const s = summarize(reps, b.k);
     s.load = { start: load0, end: await loadavg() };
-    if (a.json) process.stdout.write(JSON.stringify({ topology: a.topology, circuit: b.circuit, k: b.k, crypto: b.crypto, connections: a.connections, offloads: a.offloads, summary: s, reps, checks }, null, 2) + '\n');
+    if (a.json) process.stdout.write(JSON.stringify({ topology: a.topology, kernel: b.kernel, circuit: b.circuit, k: b.k, crypto: b.crypto, connections: a.connections, offloads: a.offloads, summary: s, reps, checks }, null, 2) + '\n');
     else process.stdout.write(formatTable(b, a, s, reps, checks));
     return 0;
   } finally {

@@ -21,11 +21,12 @@
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { parseArgs as parseCliArgs } from 'node:util';
 import type { LabHost } from '../src/lab/host.js';
 import type { LabNode } from '../src/lab/layout.js';
 import type { LabRecord } from '../src/lab/record.js';
 import { formatIPv4 } from '../src/net/addr.js';
-import { bringUpLab, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, KERNEL_OPTIONS, KERNEL_USAGE, kernelUpArgs, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 const CIRCUITS = ['padded', 'plain'] as const;
 type Circuit = (typeof CIRCUITS)[number];
@@ -116,38 +117,48 @@ interface Args {
   pings: number;
   pingSizes: number[];
   json: boolean;
+  /** `onionctl lab up` arguments: the lab kernel */
+  upArgs: string[];
 }
 
-function parseArgs(argv: string[]): Args {
-  const a: Args = { size: 512, layers: '[3]', reps: 5, pings: 500, pingSizes: [56, 400], json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const val = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${k} needs a value`);
-      return v;
-    };
-    if (k === '--size') a.size = Number(val());
-    else if (k === '--layers') {
-      const v = val();
-      a.layers = /^[0-9,]+$/.test(v) ? `[${v}]` : v;
-    } else if (k === '--reps') a.reps = Number(val());
-    else if (k === '--pings') a.pings = Number(val());
-    else if (k === '--ping-sizes') a.pingSizes = val().split(',').map(Number);
-    else if (k === '--json') a.json = true;
-    else if (k === '--help' || k === '-h') {
-      process.stdout.write(
-        'usage: node dist/bench/tfc.js [--size 512] [--layers 3|1,2|telescope|overlay|all] [--reps 5] [--pings 500] [--ping-sizes 56,400] [--json]\n' +
-          'Needs root, user-mode-linux (or a kernel with ESP), curl, ping, python3. See docs/bench-tfc.md.\n',
-      );
-      process.exit(0);
-    } else throw new Error(`unknown argument ${k}`);
+export function parseArgs(argv: string[]): Args {
+  const { values: v } = parseCliArgs({
+    args: argv,
+    strict: true,
+    options: {
+      size: { type: 'string', default: '512' },
+      layers: { type: 'string', default: '3' },
+      reps: { type: 'string', default: '5' },
+      pings: { type: 'string', default: '500' },
+      'ping-sizes': { type: 'string', default: '56,400' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+      ...KERNEL_OPTIONS,
+    },
+  });
+  if (v.help) {
+    process.stdout.write(
+      `usage: node dist/bench/tfc.js [--size 512] [--layers 3|1,2|telescope|overlay|all] [--reps 5] [--pings 500] [--ping-sizes 56,400] ${KERNEL_USAGE} [--json]\n` +
+        'Needs root, user-mode-linux (or a kernel with ESP), curl, ping, python3. See docs/bench-tfc.md.\n',
+    );
+    process.exit(0);
   }
+  const a: Args = {
+    size: Number(v.size),
+    layers: /^[0-9,]+$/.test(v.layers) ? `[${v.layers}]` : v.layers,
+    reps: Number(v.reps),
+    pings: Number(v.pings),
+    pingSizes: v['ping-sizes'].split(',').map(Number),
+    json: v.json,
+    upArgs: kernelUpArgs(v),
+  };
   if (!(a.reps >= 1) || !(a.pings >= 1) || !(a.size >= 64) || a.pingSizes.some((s) => !(s >= 0 && s <= 1400))) throw new Error('bad --reps, --pings, --size or --ping-sizes');
   return a;
 }
 
 interface Lab {
+  /** the guest's uname -r */
+  kernel: string;
   rec: LabRecord;
   host: LabHost;
   client: LabNode;
@@ -247,7 +258,7 @@ function summarize(samples: Sample[], a: Args): Row[] {
 function formatTable(rows: Row[], a: Args, samples: Sample[], lab: Lab, load: { start: string; end: string }): string {
   const out: string[] = [];
   out.push(`TFC padding cost: circuit padded (tfcpad ${a.size} on layers ${a.layers}) against circuit plain, same client, mixes and exit`);
-  out.push(`lab ${lab.rec.id} (${lab.rec.mode}), ${a.reps} repetitions interleaved, ${a.pings} pings per size; load average ${load.start} -> ${load.end}`);
+  out.push(`lab ${lab.rec.id} (${lab.rec.mode}, kernel ${lab.kernel}), ${a.reps} repetitions interleaved, ${a.pings} pings per size; load average ${load.start} -> ${load.end}`);
   out.push('medians (min/max); ratio = padded / plain of the medians');
   out.push('');
   const w = [28, 36, 24, 24, 7];
@@ -277,11 +288,12 @@ async function main(): Promise<number> {
 
   try {
     log(`bringing up a lab: two circuits, padded (tfcpad ${a.size} on layers ${a.layers}) and plain (${topo})`);
-    const { rec, host } = await bringUpLab(topo, [], stopping);
+    const { rec, host } = await bringUpLab(topo, a.upArgs, stopping);
     const servers = Object.fromEntries(rec.layout.servers.map((s) => [s.circuit, formatIPv4(s.iface.addr)])) as Record<Circuit, string>;
     for (const c of CIRCUITS) if (!servers[c]) throw new Error(`the lab has no server for circuit ${c}`);
     const client = rec.layout.nodes.find((n) => n.name === 'alice')!;
-    const lab: Lab = { rec, host, client, nodes: rec.layout.nodes, servers };
+    const kernel = (await host.run(['uname', '-r'])).stdout.trim();
+    const lab: Lab = { rec, host, client, nodes: rec.layout.nodes, servers, kernel };
 
     // warm-up: one fetch and a few pings per circuit (ARP, conntrack, page cache), checked
     for (const c of CIRCUITS) {
