@@ -28,7 +28,7 @@ import type { LabHost } from '../src/lab/host.js';
 import type { LabRecord } from '../src/lab/record.js';
 import { loadState } from '../src/store/files.js';
 import { labStatePath } from '../src/lab/run.js';
-import { bringUpLab, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, KERNEL_OPTIONS, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 const BIG = '10M.bin';
 const BIG_BYTES = 10 * 1024 * 1024;
@@ -65,8 +65,7 @@ export function parseArgs(argv: string[]): Args {
       counts: { type: 'string', default: '0,100,1000,10000' },
       reps: { type: 'string', default: '3' },
       pings: { type: 'string', default: '20' },
-      kernel: { type: 'string' },
-      'xfrm-interface': { type: 'boolean', default: false },
+      ...KERNEL_OPTIONS,
       'guest-memory': { type: 'string', default: '4096' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },

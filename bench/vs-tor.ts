@@ -31,7 +31,7 @@ import { parseDocument } from 'yaml';
 import { inNs } from '../src/lab/host.js';
 import { formatIPv4 } from '../src/net/addr.js';
 import type { CryptoProfileName } from '../src/topology/schema.js';
-import { bringUpLab, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, KERNEL_OPTIONS, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 import { BIG, DIRECT_DST, HTTP_PORT, OBJECTS, describe, parseSections, scaffold, type Bench } from './dataplane.js';
 import { findTor, setUpTor, type TorNet } from './tor-net.js';
 
@@ -64,8 +64,7 @@ export function parseArgs(argv: string[]): Args {
     options: {
       topology: { type: 'string', default: 'examples/three-mixes.yaml' },
       reps: { type: 'string', default: '10' },
-      kernel: { type: 'string' },
-      'xfrm-interface': { type: 'boolean', default: false },
+      ...KERNEL_OPTIONS,
       'tor-boot-timeout': { type: 'string', default: '600' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
