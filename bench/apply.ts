@@ -39,6 +39,7 @@ import { createWriteStream, existsSync, promises as fs } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { parseArgs as parseCliArgs } from 'node:util';
 import { parse as parseYaml, stringify as stringifyYaml } from 'yaml';
 import { formatIPv4 } from '../src/net/addr.js';
 import { GuestHost, DirectHost, type LabHost } from '../src/lab/host.js';
@@ -47,7 +48,7 @@ import { ctlPaths, labDir, readPointer, readRecord, type LabRecord } from '../sr
 import { attachGuest } from '../src/lab/uml.js';
 import { applyTopology } from './apply-topology.js';
 import { validateGenerated } from './gen-topology.js';
-import { binPath, exitOnSignals, loadavg, log, runIfMain, stat, type Stat } from './common.js';
+import { binPath, exitOnSignals, KERNEL_OPTIONS, KERNEL_USAGE, kernelUpArgs, loadavg, log, runIfMain, stat, type Stat } from './common.js';
 
 // ---------------------------------------------------------------------------------------------
 // pure helpers
@@ -150,30 +151,32 @@ interface Args {
   circuitsPerRouter: number;
   seed: string;
   json: boolean;
+  /** `onionctl lab up` arguments: the lab kernel */
+  upArgs: string[];
 }
 
-function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [1, 4, 8], reps: 3, circuitsPerRouter: 160, seed: '1', json: false };
-  for (let i = 0; i < argv.length; i++) {
-    const k = argv[i]!;
-    const val = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${k} needs a value`);
-      return v;
-    };
-    if (k === '--sizes') a.sizes = val().split(',').map(Number);
-    else if (k === '--reps') a.reps = Number(val());
-    else if (k === '--circuits-per-router') a.circuitsPerRouter = Number(val());
-    else if (k === '--seed') a.seed = val();
-    else if (k === '--json') a.json = true;
-    else if (k === '--help' || k === '-h') {
-      process.stdout.write(
-        'usage: node dist/bench/apply.js [--sizes 1,4,8] [--reps 3] [--circuits-per-router 160] [--seed 1] [--json]\n' +
-          'Needs root and user-mode-linux (or a kernel with ESP). See docs/bench-apply.md.\n',
-      );
-      process.exit(0);
-    } else throw new Error(`unknown argument ${k}`);
+export function parseArgs(argv: string[]): Args {
+  const { values: v } = parseCliArgs({
+    args: argv,
+    strict: true,
+    options: {
+      sizes: { type: 'string', default: '1,4,8' },
+      reps: { type: 'string', default: '3' },
+      'circuits-per-router': { type: 'string', default: '160' },
+      seed: { type: 'string', default: '1' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+      ...KERNEL_OPTIONS,
+    },
+  });
+  if (v.help) {
+    process.stdout.write(
+      `usage: node dist/bench/apply.js [--sizes 1,4,8] [--reps 3] [--circuits-per-router 160] [--seed 1] ${KERNEL_USAGE} [--json]\n` +
+        'Needs root and user-mode-linux (or a kernel with ESP). See docs/bench-apply.md.\n',
+    );
+    process.exit(0);
   }
+  const a: Args = { sizes: v.sizes.split(',').map(Number), reps: Number(v.reps), circuitsPerRouter: Number(v['circuits-per-router']), seed: v.seed, json: v.json, upArgs: kernelUpArgs(v) };
   if (a.sizes.some((s) => ![1, 2, 3, 4, 5, 6, 7, 8].includes(s))) throw new Error('--sizes: 1..8 routers (1 runs inside the 4-router lab)');
   if (!(a.reps >= 1) || !(a.circuitsPerRouter >= 1)) throw new Error('--reps and --circuits-per-router must be >= 1');
   return a;
@@ -226,6 +229,8 @@ interface Lab {
   skeleton: string;
   rec: LabRecord;
   host: LabHost;
+  /** the guest's uname -r */
+  kernel: string;
   /** the full topology (lab topology file with every circuit) and its state and secret */
   topo: string;
   state: string;
@@ -343,7 +348,7 @@ async function labUp(a: Args, size: number, work: string, secrets: string): Prom
   log(`lab up: ${size} routers, ${clients} clients (skeleton ${skeleton}${noApply ? ', --no-apply' : ''})`);
   let code = 1;
   for (let attempt = 1; attempt <= 3 && !stopping; attempt++) {
-    code = await onionctl(['lab', 'up', skeleton, ...(noApply ? ['--no-apply'] : [])]);
+    code = await onionctl(['lab', 'up', skeleton, ...a.upArgs, ...(noApply ? ['--no-apply'] : [])]);
     if (code === 0) break;
     if (attempt < 3) log(`onionctl lab up exited ${code}; trying again (${attempt + 1}/3)`);
   }
@@ -365,7 +370,9 @@ async function labUp(a: Args, size: number, work: string, secrets: string): Prom
   const topo = path.join(work, `apply-${size}.yaml`);
   await fs.writeFile(topo, stringifyYaml(labTopo, { lineWidth: 0 }), { mode: 0o600 });
   const routers = rec.layout.nodes.filter((n) => n.kind === 'router');
+  const kernel = (await host.run(['uname', '-r'])).stdout.trim();
   return {
+    kernel,
     size,
     skeleton,
     rec,
@@ -707,11 +714,11 @@ function summarizeSize(r: SizeResult): Row {
   return row;
 }
 
-function formatReport(a: Args, results: SizeResult[], meta: { load0: string; load1: string; commit: string }): string {
+function formatReport(a: Args, results: SizeResult[], meta: { load0: string; load1: string; commit: string; kernel: string }): string {
   const rows = results.map(summarizeSize);
   const o: string[] = [];
   const w = (x: string, n: number) => x.padEnd(n);
-  o.push(`apply benchmark: k=2, ${a.circuitsPerRouter} circuits per router, one client per router, ${a.reps} repetitions (onionctl ${meta.commit})`);
+  o.push(`apply benchmark: k=2, ${a.circuitsPerRouter} circuits per router, one client per router, ${a.reps} repetitions (onionctl ${meta.commit}); kernel ${meta.kernel}`);
   o.push(`host load average (1/5/15 min): ${meta.load0} at the start, ${meta.load1} at the end (a shared 2-core machine)`);
   o.push('NOTE: the routers run in one User-Mode Linux guest with ONE CPU: every router, client and sshd shares it, and');
   o.push('      every process start in it costs a large fraction of a second (probe below). Times are medians (min/max).');
@@ -816,6 +823,7 @@ async function main(): Promise<number> {
   const dispose = exitOnSignals(down);
 
   const results: SizeResult[] = [];
+  let kernelSeen = '?';
   const saved = new Map<string, SizeResult>();
   partial = async (r) => {
     saved.set(r.label, r);
@@ -826,6 +834,7 @@ async function main(): Promise<number> {
     for (const size of labSizes) {
       if (stopping) break;
       const lab = await labUp(a, size, work, secrets);
+      kernelSeen = lab.kernel;
       labs.push(lab);
       skeletons.push(lab.skeleton);
       try {
@@ -847,7 +856,7 @@ async function main(): Promise<number> {
     }
     const order = (r: SizeResult) => r.size;
     results.sort((x, y) => order(x) - order(y));
-    const meta = { load0, load1: await loadavg3(), commit };
+    const meta = { load0, load1: await loadavg3(), commit, kernel: kernelSeen };
     if (a.json) process.stdout.write(JSON.stringify({ args: a, meta, results, summary: results.map(summarizeSize) }, null, 2) + '\n');
     else process.stdout.write(formatReport(a, results, meta));
     log(`per-apply progress logs and results.json (no keys): ${work}`);

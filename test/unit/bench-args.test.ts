@@ -28,3 +28,12 @@ describe('lab benchmark arguments', () => {
     expect(() => tfcArgs(['--size', '10'])).toThrow('bad --reps, --pings, --size or --ping-sizes');
   });
 });
+
+describe('bench/apply arguments', () => {
+  test('defaults, the kernel, and clear errors', async () => {
+    const { parseArgs } = await import('../../bench/apply.js');
+    expect(parseArgs([])).toEqual({ sizes: [1, 4, 8], reps: 3, circuitsPerRouter: 160, seed: '1', json: false, upArgs: [] });
+    expect(parseArgs(['--kernel', '6.12', '--xfrm-interface', '--sizes', '4']).upArgs).toEqual(['--kernel', '6.12', '--xfrm-interface']);
+    expect(() => parseArgs(['--sizes', '9'])).toThrow('--sizes: 1..8 routers');
+  });
+});
