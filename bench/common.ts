@@ -74,9 +74,10 @@ export async function loadavg(n = 1): Promise<string> {
 /**
  * Tears the lab of `topo` down once, however the benchmark ends: a `lab up` still running is
  * stopped first (it removes what it made itself), then `onionctl lab down`, then `tmp` is
- * removed. SIGINT and SIGTERM tear down and exit; call dispose() after the last down().
+ * removed, then `after` runs (what the benchmark changed on this machine, put back). SIGINT and
+ * SIGTERM tear down and exit; call dispose() after the last down().
  */
-export function labTeardown(topo: string, tmp: string): { down(): Promise<void>; stopping(): boolean; dispose(): void } {
+export function labTeardown(topo: string, tmp: string, after?: () => Promise<void>): { down(): Promise<void>; stopping(): boolean; dispose(): void } {
   let downP: Promise<void> | undefined;
   const down = () =>
     (downP ??= (async () => {
@@ -89,6 +90,7 @@ export function labTeardown(topo: string, tmp: string): { down(): Promise<void>;
       const code = await onionctl(['lab', 'down', topo]);
       if (code !== 0) log(`onionctl lab down exited ${code}; check ip netns list and ${labDir('*')}`);
       await fs.rm(tmp, { recursive: true, force: true });
+      await after?.().catch(() => undefined);
     })());
   return { down, stopping: () => downP !== undefined, dispose: exitOnSignals(down) };
 }

@@ -263,11 +263,10 @@ async function main(): Promise<number> {
     await fs.writeFile(MAP_COUNT, '1048576');
     log(`vm.max_map_count ${mapCount} -> 1048576 for this run (User-Mode Linux maps guest memory page by page)`);
   }
-  const { down: labDown, stopping, dispose } = labTeardown(topo, tmp);
-  const down = async () => {
-    await labDown();
-    if (raise) await fs.writeFile(MAP_COUNT, mapCount).catch(() => {});
-  };
+  // restored however the run ends, SIGINT and SIGTERM included
+  const { down, stopping, dispose } = labTeardown(topo, tmp, async () => {
+    if (raise) await fs.writeFile(MAP_COUNT, mapCount);
+  });
   try {
     log(`bringing up a lab for ${a.topology} (copy with wide pools: ${topo})`);
     const upArgs = [...(a.kernel ? ['--kernel', a.kernel] : []), ...(a.xfrmInterface ? ['--xfrm-interface'] : []), '--guest-memory', String(a.guestMemory)];
