@@ -16,7 +16,7 @@
  * uniquely named per run and deleted in afterAll.
  */
 import { afterAll, beforeAll, describe, expect, test } from '@jest/globals';
-import { STAGES } from '../../src/apply/commands.js';
+import { parseStageScript, STAGES, stageScript, type Step } from '../../src/apply/commands.js';
 import { interfaceAddresses, markInstalled, planAgainst, pushChanges, readFleet, silentProgress, sysctlKeys, type LivePlan, type NodePlan, type NodeRead } from '../../src/apply/engine.js';
 import { formatChanges, removalChanges } from '../../src/diff/index.js';
 import { KdfKeySource } from '../../src/keys/kdf.js';
@@ -47,7 +47,8 @@ const JUMPS = ['-A FORWARD -m comment --comment onionctl -j ONIONCTL-FORWARD', '
 
 /**
  * NetnsTransport, but `xfrm state add` lines are taken out of `ip -batch` input (this kernel has
- * no ESP); records every command line and what it took out.
+ * no ESP), inside stage scripts too; records every command line (a stage script's commands one
+ * by one) and what it took out.
  */
 class NoEspTransport implements Transport {
   readonly label: string;
@@ -56,15 +57,32 @@ class NoEspTransport implements Transport {
   constructor(private readonly inner: Transport) {
     this.label = inner.label;
   }
+  /** an `ip -batch -` input without its SA lines (undefined: nothing left to send) */
+  private strip(stdin: string): string | undefined {
+    const lines = stdin.split('\n');
+    this.stripped.push(...lines.filter((l) => l.startsWith('xfrm state add ')));
+    const rest = lines.filter((l) => !l.startsWith('xfrm state add ') && l.trim() !== '');
+    return rest.length === 0 ? undefined : rest.join('\n') + '\n';
+  }
   async exec(argv: readonly string[], opts: ExecOptions = {}): Promise<ExecResult> {
-    this.argvs.push([...argv]);
     let stdin = opts.stdin;
+    // a stage script: its commands are recorded, its ip -batch inputs stripped, and the script
+    // rebuilt and run by the namespace's own sh, as a router would
+    const parts = argv.join(' ') === 'sh -s' && stdin !== undefined ? parseStageScript(stdin) : undefined;
+    if (parts) {
+      const keep: Step[] = [];
+      for (const x of parts) {
+        this.argvs.push(x.argv);
+        const input = x.argv.join(' ') === 'ip -batch -' ? this.strip(x.stdin) : x.stdin;
+        if (input !== undefined) keep.push({ what: x.argv[0]!, argv: x.argv, stdin: input, secret: false, changes: 1 });
+      }
+      if (keep.length === 0) return { exitCode: 0, stdout: '', stderr: '' };
+      return this.inner.exec(argv, { ...opts, stdin: stageScript(keep) });
+    }
+    this.argvs.push([...argv]);
     if (argv.join(' ') === 'ip -batch -' && stdin !== undefined) {
-      const lines = stdin.split('\n');
-      this.stripped.push(...lines.filter((l) => l.startsWith('xfrm state add ')));
-      const rest = lines.filter((l) => !l.startsWith('xfrm state add ') && l.trim() !== '');
-      if (rest.length === 0) return { exitCode: 0, stdout: '', stderr: '' };
-      stdin = rest.join('\n') + '\n';
+      stdin = this.strip(stdin);
+      if (stdin === undefined) return { exitCode: 0, stdout: '', stderr: '' };
     }
     return this.inner.exec(argv, { ...opts, ...(stdin !== undefined ? { stdin } : {}) });
   }
