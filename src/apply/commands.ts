@@ -306,12 +306,12 @@ export function combineSteps(steps: readonly Step[]): Step[] {
  * or the step that failed (0-based; the steps before it ran) and the router's message without
  * the script's own line.
  */
-export function scriptOutcome(exitCode: number, stderr: string): { ok: true } | { ok: false; noPrintf: true } | { ok: false; failed: number; message: string } | { ok: false; failed: undefined; message: string } {
+export function scriptOutcome(exitCode: number, stderr: string): { ok: true } | { ok: false; noPrintf: true } | { ok: false; failed: number | undefined; message: string } {
   if (exitCode === 0) return { ok: true };
   if (exitCode === NO_BUILTIN_PRINTF_EXIT && stderr.includes(NO_BUILTIN_PRINTF)) return { ok: false, noPrintf: true };
   const m = STEP_FAILED.exec(stderr);
   const message = stderr.replace(STEP_FAILED, '').trim();
-  return m ? { ok: false, failed: Number(m[1]) - 1, message } : { ok: false, failed: undefined, message };
+  return { ok: false, failed: m ? Number(m[1]) - 1 : undefined, message };
 }
 
 /** One shell word of a stage script: '...' segments and \\' escapes, up to a space or the line's end. */

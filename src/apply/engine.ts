@@ -24,7 +24,7 @@ import type { RngFactory } from '../pathselect/rng.js';
 import type { Templates } from '../render/render.js';
 import { forEachSession, type Outcome, type Sessions } from '../remote/fleet.js';
 import { readNode, type RemoteRead } from '../remote/read.js';
-import { TransportError } from '../remote/transport.js';
+import { TransportError, type ExecResult } from '../remote/transport.js';
 import { combineSteps, ownAddresses, scriptOutcome, STAGES, stageSteps, type Stage, type Step } from './commands.js';
 
 export interface Progress {
@@ -304,8 +304,9 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
           ...(read?.outputs.iptablesSave !== undefined ? { iptablesSave: read.outputs.iptablesSave } : {}),
         });
         const label = `${t.label}: ${stage}`;
-        const runOne = async (st: Step) => {
-          let r = await t.exec(st.argv, { stdin: st.stdin });
+        /** runs `st`, or takes `failed` as its result when a stage script already ran it here */
+        const runOne = async (st: Step, failed?: ExecResult) => {
+          let r = failed ?? (await t.exec(st.argv, { stdin: st.stdin }));
           if (r.exitCode !== 0 && st.fallback && st.fallback.when.test(r.stderr)) {
             p.progress.step(node, `${stage}: ${st.argv[0]} is not usable on this kernel; ${st.fallback.argv[0]}`);
             r = await t.exec(st.fallback.argv, { stdin: st.stdin });
@@ -324,26 +325,21 @@ export async function pushChanges(p: PushInput): Promise<NodeResult[]> {
           const o = scriptOutcome(r.exitCode, r.stderr);
           if (o.ok) continue;
           // the steps the script did not get through run one by one: all of them where sh has
-          // no builtin printf (nothing ran); from the failed one on where that one has a
-          // fallback for this error (iptables-nft on a kernel without nf_tables: nothing changed)
-          let from: number | undefined;
-          if ('noPrintf' in o) {
-            p.progress.step(node, `${stage}: sh has no builtin printf here; one command per channel`);
-            from = 0;
-          } else if (o.failed !== undefined && st.parts[o.failed]?.fallback?.when.test(o.message)) from = o.failed;
-          if (from === undefined) {
-            const failed = 'failed' in o && o.failed !== undefined ? st.parts[o.failed] : undefined;
-            throw stepError(node, label, failed ?? st, { exitCode: r.exitCode, stdout: r.stdout, stderr: 'message' in o ? o.message : r.stderr });
+          // no builtin printf (nothing ran); else the failed one, taking the script's result as
+          // its own (its fallback runs when it has one for this error, as for iptables-nft on a
+          // kernel without nf_tables), then the ones after it
+          let from = 0;
+          let failedHere: ExecResult | undefined;
+          if ('noPrintf' in o) p.progress.step(node, `${stage}: sh has no builtin printf here; one command per channel`);
+          else if (o.failed === undefined) throw stepError(node, label, st, { ...r, stderr: o.message });
+          else {
+            from = o.failed;
+            failedHere = { ...r, stderr: o.message };
           }
-          for (const [i, part] of st.parts.entries()) {
-            if (i < from) continue;
+          for (const part of st.parts.slice(from)) {
             if (aborted()) throw new TransportError(node, `${node}: interrupted before ${stage}: ${part.what}`);
-            if (i === from && part.fallback && !('noPrintf' in o)) {
-              // the script already found that this command cannot work here: its fallback, once
-              p.progress.step(node, `${stage}: ${part.argv[0]} is not usable on this kernel; ${part.fallback.argv[0]}`);
-              const r2 = await t.exec(part.fallback.argv, { stdin: part.stdin });
-              if (r2.exitCode !== 0) throw stepError(node, label, part, r2);
-            } else await runOne(part);
+            await runOne(part, failedHere);
+            failedHere = undefined;
           }
         }
       },
