@@ -28,7 +28,7 @@ import type { LabHost } from '../src/lab/host.js';
 import type { LabRecord } from '../src/lab/record.js';
 import { loadState } from '../src/store/files.js';
 import { labStatePath } from '../src/lab/run.js';
-import { bringUpLab, KERNEL_OPTIONS, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, KERNEL_OPTIONS, KERNEL_USAGE, kernelUpArgs, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 
 const BIG = '10M.bin';
 const BIG_BYTES = 10 * 1024 * 1024;
@@ -50,7 +50,7 @@ interface Args {
 function usage(): never {
   process.stdout.write(
     'usage: node dist/bench/mix-scale.js [--topology FILE] [--counts 0,100,1000,10000] [--reps 3] [--pings 20]\n' +
-      '                                   [--kernel PATH|6.12] [--xfrm-interface] [--guest-memory MiB (4096)] [--json]\n' +
+      `                                   ${KERNEL_USAGE} [--guest-memory MiB (4096)] [--json]\n` +
       'Needs root and what onionctl lab needs (docs/lab-uml.md), plus curl and ping. See docs/bench-mix-scale.md.\n',
   );
   process.exit(0);
@@ -269,7 +269,7 @@ async function main(): Promise<number> {
   });
   try {
     log(`bringing up a lab for ${a.topology} (copy with wide pools: ${topo})`);
-    const upArgs = [...(a.kernel ? ['--kernel', a.kernel] : []), ...(a.xfrmInterface ? ['--xfrm-interface'] : []), '--guest-memory', String(a.guestMemory)];
+    const upArgs = [...kernelUpArgs({ kernel: a.kernel, 'xfrm-interface': a.xfrmInterface }), '--guest-memory', String(a.guestMemory)];
     const { rec, host } = await bringUpLab(topo, upArgs, stopping);
     if (!rec.ctl) throw new Error('the lab record has no controller files');
     const { state } = await loadState(labStatePath(rec));

@@ -228,6 +228,7 @@ export async function setUpTor(
   if (r.code !== 0) throw new Error(`starting Tor failed (exit ${r.code}): ${r.stderr.trim().slice(-400)}`);
   log(`Tor: ${keys.length} relays (also the directory authorities) and a client started; waiting for the client to bootstrap`);
 
+  const logs = () => torLogs(host, o.runDir, keysDir, [...keys.map((k) => k.nick), 'benchclient']);
   const t0 = Date.now();
   let last = '';
   for (;;) {
@@ -237,11 +238,11 @@ export async function setUpTor(
     last = now;
     if (/Bootstrapped 100%/.test(now)) break;
     if (Date.now() - t0 > o.bootTimeoutS * 1000) {
-      const tails = await torLogs(host, o.runDir, keysDir, [...keys.map((k) => k.nick), 'benchclient']);
+      const tails = await logs();
       throw new Error(`the Tor client did not bootstrap in ${o.bootTimeoutS} s; last: ${last || 'nothing'}\n${tails}`);
     }
     await new Promise((res) => setTimeout(res, 3000));
   }
   log(`Tor: the client bootstrapped in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
-  return { relays: keys, clientDir, clientNs: o.clientNs, socks: `--socks5 127.0.0.1:${SOCKS_PORT}`, logs: () => torLogs(host, o.runDir, keysDir, [...keys.map((k) => k.nick), 'benchclient']) };
+  return { relays: keys, clientDir, clientNs: o.clientNs, socks: `--socks5 127.0.0.1:${SOCKS_PORT}`, logs };
 }

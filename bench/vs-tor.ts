@@ -31,9 +31,9 @@ import { parseDocument } from 'yaml';
 import { inNs } from '../src/lab/host.js';
 import { formatIPv4 } from '../src/net/addr.js';
 import type { CryptoProfileName } from '../src/topology/schema.js';
-import { bringUpLab, KERNEL_OPTIONS, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
+import { bringUpLab, KERNEL_OPTIONS, KERNEL_USAGE, kernelUpArgs, labApply, labTeardown, loadavg, log, nsx, runIfMain, stat, type Stat } from './common.js';
 import { BIG, DIRECT_DST, HTTP_PORT, OBJECTS, describe, parseSections, scaffold, type Bench } from './dataplane.js';
-import { findTor, setUpTor, type TorNet } from './tor-net.js';
+import { findTor, OR_PORT, setUpTor, type TorNet } from './tor-net.js';
 
 const PATHS = ['direct', 'gcm', 'cbc', 'tor'] as const;
 export type PathKey = (typeof PATHS)[number];
@@ -50,7 +50,7 @@ interface Args {
 
 function usage(): never {
   process.stdout.write(
-    'usage: node dist/bench/vs-tor.js [--topology FILE] [--reps 10] [--kernel PATH|6.12] [--xfrm-interface] [--tor-boot-timeout 600] [--json]\n' +
+    `usage: node dist/bench/vs-tor.js [--topology FILE] [--reps 10] ${KERNEL_USAGE} [--tor-boot-timeout 600] [--json]\n` +
       'Needs root, what onionctl lab needs (docs/lab-uml.md), curl and python3; Debian\'s tor is used if installed, else\n' +
       'scripts/bench-tor.sh unpacks the package into /var/cache/onionctl/tor (never installs it). See docs/bench-vs-tor.md.\n',
   );
@@ -309,7 +309,7 @@ export function parsePeerBytes(text: string): Map<string, number> {
 async function torPeers(c: Ctx): Promise<string> {
   const r = await c.b.host.run(inNs(c.b.client.ns, ['ss', '-Htni', 'state', 'established']));
   const peers = parsePeerBytes(r.stdout);
-  const name = new Map(c.tor.relays.map((x) => [`${x.addr}:5000`, x.nick]));
+  const name = new Map(c.tor.relays.map((x) => [`${x.addr}:${OR_PORT}`, x.nick]));
   return [...peers].map(([p, n]) => `${name.get(p) ?? p} ${(n / 1e6).toFixed(2)} MB`).join(', ') || 'none';
 }
 
@@ -326,7 +326,7 @@ async function main(): Promise<number> {
   const { down, stopping, dispose } = labTeardown(topo, tmp);
   try {
     log(`bringing up a lab for ${a.topology} (copy: ${topo})`);
-    const upArgs = [...(a.kernel ? ['--kernel', a.kernel] : []), ...(a.xfrmInterface ? ['--xfrm-interface'] : [])];
+    const upArgs = kernelUpArgs({ kernel: a.kernel, 'xfrm-interface': a.xfrmInterface });
     const { rec, host } = await bringUpLab(topo, upArgs, stopping);
     const kernel = (await host.run(['uname', '-r'])).stdout.trim();
     const b = await describe(rec, host);
